@@ -1,0 +1,30 @@
+# Each target bootstraps .venv by itself, so any of them works alone on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test test-slow report bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m slow
+
+report: $(STAMP)
+	$(VENV)/bin/backprop-suite report --device cpu --out reports
+
+bench: $(STAMP)
+	$(VENV)/bin/backprop-suite bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

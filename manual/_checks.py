@@ -1,0 +1,43 @@
+"""Argument validation shared by the manual derivations.
+
+Shapes and dtypes are static under ``jax.jit``, so these checks run once at trace time
+and turn bad input into a ``ValueError`` that names the argument and what it got,
+instead of an XLA error from deep inside a primitive.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def _describe(x):
+    return f"shape {tuple(np.shape(x))} and dtype {jnp.result_type(x)}"
+
+
+def require_float(name, x):
+    """``x`` must be a real floating-point array."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array, got {_describe(x)}")
+
+
+def require_rank(name, x, rank):
+    """``x`` must have exactly ``rank`` dimensions."""
+    if np.ndim(x) != rank:
+        raise ValueError(f"{name} must have rank {rank}, got {_describe(x)}")
+
+
+def require_floats(rank_by_name, **arrays):
+    """Every array is floating point, of its rank, and all share one dtype."""
+    for name, x in arrays.items():
+        require_float(name, x)
+        require_rank(name, x, rank_by_name[name])
+    dtypes = {name: jnp.result_type(x) for name, x in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        got = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
+        raise ValueError(f"arguments must share one floating dtype, got {got}")
+
+
+def require_shape(name, x, shape):
+    """``x`` has exactly ``shape``."""
+    if tuple(np.shape(x)) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(x)}")

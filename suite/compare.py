@@ -1,0 +1,185 @@
+"""The comparison policy: how close a hand-derived result must be to its oracle.
+
+For every output leaf we measure
+
+    max abs error      max_i |a_i - b_i|
+    max rel error      max_i |a_i - b_i| / max(|b_i|, REL_FLOOR * max_j |b_j|)
+    normwise error     ||a - b||_2 / ||b||_2
+    worst index        argmax_i |a_i - b_i|, with a_i and b_i
+    frac outside       fraction of i with |a_i - b_i| > atol * max_j |b_j| + rtol * |b_i|
+
+and a leaf passes when its normwise error is within the dtype's tolerance and no element
+lies outside the allclose band. ``atol`` is relative to the leaf's largest magnitude:
+an entry that is the small remainder of a cancelling sum carries an absolute error of
+the order of the sum's terms, not of itself.
+
+Tolerances are one table, keyed by dtype (see TOLERANCES). Finite differences are
+judged by their own small table (FD_TOLERANCE): they are a witness, not an oracle.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Entries smaller than this fraction of the leaf's largest magnitude have their relative
+# error measured against that fraction instead (it keeps max rel error informative).
+REL_FLOOR = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    normwise: float  # bound on ||a - b|| / ||b||
+    rtol: float      # elementwise relative band
+    atol: float      # elementwise absolute band, as a fraction of max |b|
+
+
+# One table. u is the unit roundoff (2^-53 for float64, 2^-24 for float32). Both sides
+# compute the same exact quantity in the same precision but in different orders, so they
+# differ by accumulated rounding: a sum of K terms is off by about sqrt(K)·u (random-walk
+# growth, gamma_K = K·u in the worst case), and each further stage (layer, time step,
+# Hessian block) adds its own share times the local condition number.
+TOLERANCES = {
+    # normwise 1e-12 ≈ 9000·u: room for sqrt(K)·u with K up to ~10^6-term sums and a
+    # few dozen chained stages; a real bug (a missing term, a transposed factor, a 1e-6
+    # relative slip) is 6 orders of magnitude above it. The elementwise band is a guard
+    # against a single bad entry that a large leaf's norm would hide: 1e-9 relative and
+    # 1e-11 of the leaf's scale are still ~10^5·u.
+    "float64": Tolerance(normwise=1e-12, rtol=1e-9, atol=1e-11),
+    # normwise 1e-5 ≈ 170·u: the same budget in float32 units, with the square-root
+    # growth of 10^4-term sums (100·u) and a factor 1.7 for chained stages. rtol 1e-3
+    # admits float32's poorer relative accuracy on entries that partly cancel; atol 1e-5
+    # of the leaf's scale matches the normwise bound.
+    "float32": Tolerance(normwise=1e-5, rtol=1e-3, atol=1e-5),
+}
+
+# Finite-difference witness (float64 only; see reference/finite_diff.py): the
+# Richardson-extrapolated first difference is good to ~eps^(4/5) ≈ 3e-13 and the second
+# to ~eps^(2/3) ≈ 4e-11 relative to the derivative's scale, before the O(h^4)
+# truncation term, whose constant is the fifth (sixth) derivative along v. A factor
+# ~10^3 covers that constant for the smooth functions here; a wrong gradient is off by
+# O(1) of its scale.
+FD_TOLERANCE = {1: 1e-9, 2: 1e-6}
+
+
+def tolerance(dtype):
+    """The Tolerance for ``dtype`` (a name or numpy dtype)."""
+    name = np.dtype(dtype).name
+    if name not in TOLERANCES:
+        raise ValueError(f"no tolerance for dtype {name}; known: {sorted(TOLERANCES)}")
+    return TOLERANCES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafReport:
+    path: str
+    max_abs: float
+    max_rel: float
+    normwise: float
+    worst_index: tuple
+    worst_actual: float
+    worst_expected: float
+    frac_outside: float
+    passed: bool
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    leaves: tuple
+    passed: bool
+    message: str
+
+    @property
+    def worst(self):
+        """The leaf with the largest normwise error (failing leaves first)."""
+        return max(self.leaves, key=lambda r: (not r.passed, r.normwise))
+
+
+def _failed_leaf(path, message):
+    nan = float("nan")
+    return LeafReport(path, nan, nan, math.inf, (), nan, nan, 1.0, False, message)
+
+
+def compare_leaf(actual, expected, tol, path=""):
+    """Measure one leaf against its oracle under Tolerance ``tol``."""
+    a, b = np.asarray(actual), np.asarray(expected)
+    if a.shape != b.shape:
+        return _failed_leaf(path, f"{path}: shape {a.shape} != expected {b.shape}")
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    if not np.all(np.isfinite(b)):
+        return _failed_leaf(path, f"{path}: the oracle is not finite")
+    if not np.all(np.isfinite(a)):
+        return _failed_leaf(path, f"{path}: {int(np.sum(~np.isfinite(a)))} non-finite entries")
+    if a.size == 0:
+        return LeafReport(path, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0.0, True)
+    err = np.abs(a - b)
+    scale = float(np.max(np.abs(b)))
+    rel = err / np.maximum(np.abs(b), max(REL_FLOOR * scale, np.finfo(np.float64).tiny))
+    norm_b = float(np.linalg.norm(b))
+    normwise = float(np.linalg.norm(a - b)) / norm_b if norm_b > 0 else float(np.linalg.norm(a))
+    outside = err > tol.atol * scale + tol.rtol * np.abs(b)
+    worst = np.unravel_index(int(np.argmax(err)), a.shape)
+    passed = normwise <= tol.normwise and not outside.any()
+    message = ""
+    if not passed:
+        message = (f"{path}: normwise {normwise:.3e} (tol {tol.normwise:.0e}), "
+                   f"{int(outside.sum())}/{a.size} outside allclose, worst at "
+                   f"{tuple(int(i) for i in worst)}: {a[worst]!r} vs {b[worst]!r}")
+    return LeafReport(path, float(err.max()), float(rel.max()), normwise,
+                      tuple(int(i) for i in worst), float(a[worst]), float(b[worst]),
+                      float(outside.mean()), passed, message)
+
+
+def compare(actual, expected, dtype):
+    """Compare two pytrees leaf by leaf under the tolerance of ``dtype``.
+
+    A mismatch of structure is a failure with a message, never an exception: a broken
+    derivation must become a FAIL row, not a crashed report.
+    """
+    tol = tolerance(dtype)
+    flat_a, tree_a = jax.tree_util.tree_flatten_with_path(actual)
+    flat_b, tree_b = jax.tree_util.tree_flatten_with_path(expected)
+    if tree_a != tree_b:
+        leaf = _failed_leaf("", f"structure {tree_a} != expected {tree_b}")
+        return Comparison((leaf,), False, leaf.message)
+    leaves = tuple(compare_leaf(a, b, tol, jax.tree_util.keystr(path) or "out")
+                   for (path, a), (_, b) in zip(flat_a, flat_b))
+    failed = [leaf.message for leaf in leaves if not leaf.passed]
+    return Comparison(leaves, not failed, "; ".join(failed))
+
+
+def _vdot(u, v):
+    return float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(u),
+                                                       jax.tree_util.tree_leaves(v))))
+
+
+def _norm(u):
+    return math.sqrt(_vdot(u, u))
+
+
+def witness(fd_value, derivative, direction, order):
+    """Judge a finite-difference witness against a derivative along ``direction``.
+
+    Args:
+      fd_value: f'[v] or f''[v, v] from ``reference.finite_diff``.
+      derivative: the gradient (order 1, a pytree of the shape of the point) or the
+        dense (P, P) Hessian in ravel_pytree order (order 2).
+      direction: v, a pytree of unit 2-norm.
+      order: 1 or 2.
+
+    Returns:
+      (error, passed): |fd - <g, v>| / ||g|| (order 1), or |fd - vᵀ H v| / ||H||_F
+      (order 2). Dividing by the derivative's norm (the Cauchy-Schwarz bound of the
+      projection) keeps the error meaningful when the projection happens to be ~0.
+    """
+    if order == 1:
+        projection, scale = _vdot(derivative, direction), _norm(derivative)
+    else:
+        v = jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(direction)])
+        hess = jnp.asarray(derivative)
+        projection, scale = float(v @ hess @ v), float(jnp.linalg.norm(hess))
+    error = abs(fd_value - projection) / max(scale, np.finfo(np.float64).tiny)
+    return error, error <= FD_TOLERANCE[order]
