@@ -1,0 +1,134 @@
+"""Elementwise activations with their first and second derivatives, by hand.
+
+Each activation is an object with ``f(z)``, ``df(z)`` = f'(z) and ``d2f(z)`` = f''(z),
+all elementwise and dtype-preserving. The first derivative drives backprop
+(δ_l = f'(z_l) ⊙ ...); the second feeds the stagewise Hessian.
+
+    relu        f = max(z, 0)                 f' = [z > 0]             f'' = 0
+    leaky_relu  f = z if z >= 0 else 0.01 z   f' = 1 or 0.01           f'' = 0
+    sigmoid     s = 1 / (1 + e^-z)            f' = s (1 - s)           f'' = s (1 - s)(1 - 2s)
+    tanh        t = tanh z                    f' = 1 - t²              f'' = -2 t (1 - t²)
+    softplus    f = log(1 + e^z)              f' = s(z)                f'' = s (1 - s)
+    gelu        f = z/2 (1 + tanh u),  u = c (z + a z³),  c = sqrt(2/π),  a = 0.044715
+                f' = (1 + t)/2 + z/2 (1 - t²) u'               u' = c (1 + 3 a z²)
+                f'' = (1 - t²) (u' - z t u'² + z u''/2)        u'' = 6 a c z
+
+Kinks follow JAX (``jax.nn``): ReLU'(0) = 0 (the inactive side, as ``jax.nn.relu``'s
+custom derivative), leaky ReLU'(0) = 1 (``jax.nn.leaky_relu`` is
+``where(z >= 0, z, slope z)``). f'' is 0 away from the kink and taken as 0 at it.
+
+Sources: Hoey, "Derivation of Backpropagation Equations"; Grosse, Lecture 6;
+Hendrycks & Gimpel, "Gaussian Error Linear Units" (the tanh approximation).
+
+Example::
+
+    >>> import jax.numpy as jnp
+    >>> from manual import activations
+    >>> activations.tanh.df(jnp.zeros(2)).tolist()
+    [1.0, 1.0]
+"""
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+LEAKY_SLOPE = 0.01
+_GELU_A = 0.044715
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class Activation:
+    """An elementwise function with its first two derivatives."""
+
+    def __init__(self, name, f, df, d2f):
+        self.name, self.f, self.df, self.d2f = name, f, df, d2f
+
+    def __repr__(self):
+        return f"manual.activations.{self.name}"
+
+
+def _sigmoid(z):
+    return lax.logistic(z)  # 1 / (1 + e^-z) without overflow for large |z|
+
+
+def _one(z):
+    return jnp.ones_like(z)
+
+
+relu = Activation(
+    "relu",
+    f=lambda z: jnp.where(z > 0, z, jnp.zeros_like(z)),
+    df=lambda z: jnp.where(z > 0, _one(z), jnp.zeros_like(z)),
+    d2f=jnp.zeros_like,
+)
+
+leaky_relu = Activation(
+    "leaky_relu",
+    f=lambda z: jnp.where(z >= 0, z, LEAKY_SLOPE * z),
+    df=lambda z: jnp.where(z >= 0, _one(z), LEAKY_SLOPE * _one(z)),
+    d2f=jnp.zeros_like,
+)
+
+
+def _sigmoid_d2f(z):
+    s = _sigmoid(z)
+    return s * (1 - s) * (1 - 2 * s)
+
+
+sigmoid = Activation(
+    "sigmoid",
+    f=_sigmoid,
+    df=lambda z: _sigmoid(z) * (1 - _sigmoid(z)),
+    d2f=_sigmoid_d2f,
+)
+
+tanh = Activation(
+    "tanh",
+    f=jnp.tanh,
+    df=lambda z: 1 - jnp.tanh(z) ** 2,
+    d2f=lambda z: -2 * jnp.tanh(z) * (1 - jnp.tanh(z) ** 2),
+)
+
+softplus = Activation(
+    "softplus",
+    f=lambda z: jnp.logaddexp(z, jnp.zeros_like(z)),  # log(1 + e^z), stable both ways
+    df=_sigmoid,
+    d2f=lambda z: _sigmoid(z) * (1 - _sigmoid(z)),
+)
+
+
+def _gelu_parts(z):
+    u = _GELU_C * (z + _GELU_A * z**3)
+    du = _GELU_C * (1 + 3 * _GELU_A * z**2)
+    return jnp.tanh(u), du
+
+
+def _gelu_df(z):
+    t, du = _gelu_parts(z)
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t**2) * du
+
+
+def _gelu_d2f(z):
+    t, du = _gelu_parts(z)
+    d2u = 6 * _GELU_A * _GELU_C * z
+    return (1 - t**2) * (du - z * t * du**2 + 0.5 * z * d2u)
+
+
+gelu = Activation(
+    "gelu",
+    f=lambda z: 0.5 * z * (1 + _gelu_parts(z)[0]),
+    df=_gelu_df,
+    d2f=_gelu_d2f,
+)
+
+ACTIVATIONS = {a.name: a for a in (relu, leaky_relu, sigmoid, tanh, softplus, gelu)}
+
+
+def get(name):
+    """The Activation called ``name`` (one of ACTIVATIONS)."""
+    if isinstance(name, Activation):
+        return name
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]

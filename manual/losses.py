@@ -1,0 +1,165 @@
+"""Losses over a batch of logits: value, gradient and per-sample Hessian, by hand.
+
+Both losses average over the batch (logits z: (N, M)).
+
+mse (float targets y: (N, M))::
+
+    E      = 1/(2N) Σₙ ||zₙ - yₙ||²
+    dE/dz  = (z - y) / N
+    Hₙ     = ∂²(½||zₙ - yₙ||²)/∂zₙ² = I_M
+
+softmax_cross_entropy (integer labels y: (N,), 0 <= yₙ < M)::
+
+    pₙ     = softmax(zₙ),   lseₙ = log Σₘ exp(zₙₘ)
+    E      = 1/N Σₙ (lseₙ - zₙ,yₙ)
+    dE/dz  = (p - onehot(y)) / N                (Sadowski, "Notes on Backpropagation")
+    Hₙ     = diag(pₙ) - pₙ pₙᵀ
+
+``hessian`` returns each sample's own Hessian Hₙ, not divided by N (the stagewise
+Hessian divides once, at the end). The log-sum-exp subtracts the row maximum first, so
+logits of ±1e4 stay finite in float32.
+
+Labels are checked for dtype and shape at trace time. Their values can only be checked
+on concrete arrays: eagerly, an out-of-range label is a ValueError; under ``jax.jit``
+the values are unknown while tracing, so the loss of a batch with an out-of-range label
+is NaN instead of silently wrong.
+
+Example::
+
+    >>> import jax.numpy as jnp
+    >>> from manual import losses
+    >>> losses.softmax_cross_entropy.grad(jnp.zeros((1, 2)), jnp.array([0])).tolist()
+    [[-0.5, 0.5]]
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from manual._checks import require_float, require_rank
+
+
+class Loss:
+    """A batch-mean loss with its gradient and per-sample Hessian in the logits."""
+
+    def __init__(self, name, value, grad, hessian, check):
+        self.name, self._value, self._grad, self._hessian, self._check = (
+            name, value, grad, hessian, check)
+
+    def value(self, logits, y):
+        """The batch-mean loss, a scalar of the logits' dtype."""
+        self._check(logits, y)
+        return self._value(logits, y)
+
+    def grad(self, logits, y):
+        """Gradient of the batch mean with respect to the logits, (N, M)."""
+        self._check(logits, y)
+        return self._grad(logits, y)
+
+    def hessian(self, logits, y):
+        """Each sample's own loss Hessian in its logits, (N, M, M) (not divided by N)."""
+        self._check(logits, y)
+        return self._hessian(logits, y)
+
+    def __repr__(self):
+        return f"manual.losses.{self.name}"
+
+
+def _check_logits(logits):
+    require_float("logits", logits)
+    require_rank("logits", logits, 2)
+
+
+def _check_mse(logits, y):
+    _check_logits(logits)
+    require_float("y", y)
+    if jnp.shape(y) != jnp.shape(logits):
+        raise ValueError(f"y must have the shape of logits {jnp.shape(logits)} for mse, "
+                         f"got {jnp.shape(y)}")
+    if jnp.result_type(y) != jnp.result_type(logits):
+        raise ValueError(f"y must have the dtype of logits ({jnp.result_type(logits)}), "
+                         f"got {jnp.result_type(y)}")
+
+
+def _concrete(y):
+    """y as a numpy array if its values are known now (not traced), else None."""
+    try:
+        return np.asarray(y)
+    except Exception:  # a tracer under jit: values unknown until run time
+        return None
+
+
+def _check_labels(logits, y):
+    _check_logits(logits)
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        raise ValueError(f"y must be integer class labels for softmax_cross_entropy, got "
+                         f"shape {jnp.shape(y)} and dtype {jnp.result_type(y)}")
+    n, m = jnp.shape(logits)
+    if jnp.shape(y) != (n,):
+        raise ValueError(f"y must have shape (N,) = ({n},) to match logits {(n, m)}, "
+                         f"got {jnp.shape(y)}")
+    labels = _concrete(y)
+    if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= m):
+        raise ValueError(f"y must hold labels in [0, {m}) for logits {(n, m)}, "
+                         f"got values in [{labels.min()}, {labels.max()}]")
+
+
+def _mse_value(z, y):
+    r = z - y
+    return 0.5 * jnp.sum(r * r) / z.shape[0]
+
+
+def _mse_grad(z, y):
+    return (z - y) / z.shape[0]
+
+
+def _mse_hessian(z, y):
+    n, m = z.shape
+    return jnp.broadcast_to(jnp.eye(m, dtype=z.dtype), (n, m, m))
+
+
+def _log_softmax(z):
+    z_max = jnp.max(z, axis=1, keepdims=True)  # shift by the row max: exp never overflows
+    shifted = z - z_max
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=1, keepdims=True))
+
+
+def _onehot(y, m, dtype):
+    return (y[:, None] == jnp.arange(m)[None, :]).astype(dtype)
+
+
+def _valid(y, m):
+    return jnp.all((y >= 0) & (y < m))
+
+
+def _ce_value(z, y):
+    n, m = z.shape
+    nll = -jnp.sum(_onehot(y, m, z.dtype) * _log_softmax(z)) / n
+    return jnp.where(_valid(y, m), nll, jnp.nan)  # see module doc: labels under jit
+
+
+def _ce_grad(z, y):
+    n, m = z.shape
+    p = jnp.exp(_log_softmax(z))
+    return (p - _onehot(y, m, z.dtype)) / n
+
+
+def _ce_hessian(z, y):
+    p = jnp.exp(_log_softmax(z))
+    eye = jnp.eye(z.shape[1], dtype=z.dtype)
+    return p[:, :, None] * eye[None, :, :] - p[:, :, None] * p[:, None, :]
+
+
+mse = Loss("mse", _mse_value, _mse_grad, _mse_hessian, _check_mse)
+softmax_cross_entropy = Loss("softmax_cross_entropy", _ce_value, _ce_grad, _ce_hessian,
+                             _check_labels)
+
+LOSSES = {loss.name: loss for loss in (mse, softmax_cross_entropy)}
+
+
+def get(name):
+    """The Loss called ``name`` (one of LOSSES)."""
+    if isinstance(name, Loss):
+        return name
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
+    return LOSSES[name]
