@@ -8,6 +8,7 @@ import collections
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reference import autodiff
 from suite.cases import Case
@@ -53,3 +54,68 @@ def vjp_case(*, name, family, build, forward, backward, primals, cotangent="dy",
         reference=lambda inputs: grads(*autodiff.vjp(forward, args(inputs), inputs[cotangent])),
         objective=lambda inputs: jnp.vdot(inputs[cotangent], forward(*args(inputs))),
         wrt=tuple(primals), **kwargs)
+
+
+# --- multilayer perceptrons (mlp and stagewise families) -------------------------------
+
+KINKED = ("relu", "leaky_relu")
+
+
+def numpy_rng(key):
+    """A numpy Generator seeded from a JAX key: cheap, reproducible draws in a loop."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+
+
+def mlp_params(key, widths, dtype):
+    """(w, b) pairs for layer widths [n_0, ..., n_L]: w ~ N(0, 1/n_{l-1}), b ~ N(0, 0.1²).
+
+    The 1/fan-in variance keeps pre-activations O(1) at every depth, away from the
+    saturated tails of sigmoid and tanh where gradients vanish into rounding.
+    """
+    return _mlp_params_np(numpy_rng(key), widths, dtype)
+
+
+def _mlp_params_np(rng, widths, dtype):
+    return tuple((jnp.asarray(rng.normal(0.0, widths[l] ** -0.5, (widths[l], widths[l + 1])), dtype),
+                  jnp.asarray(rng.normal(0.0, 0.1, (widths[l + 1],)), dtype))
+                 for l in range(len(widths) - 1))
+
+
+def mlp_targets(key, n, m, loss, dtype):
+    """Float targets (N, M) for mse; integer labels (N,) in [0, M) for cross-entropy."""
+    return _mlp_targets_np(numpy_rng(key), n, m, loss, dtype)
+
+
+def _mlp_targets_np(rng, n, m, loss, dtype):
+    if loss == "mse":
+        return jnp.asarray(rng.normal(size=(n, m)), dtype)
+    return jnp.asarray(rng.integers(0, m, size=(n,)), jnp.int32)
+
+
+def kink_margin(params, x):
+    """min |z_l| over every hidden pre-activation: the distance from a ReLU kink."""
+    a, margin = np.asarray(x, np.float64), np.inf
+    for w, b in params[:-1]:
+        z = a @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
+        margin = min(margin, float(np.min(np.abs(z))))
+        a = np.maximum(z, 0.0)  # which side of the kink is all the margin needs
+    return margin
+
+
+def mlp_inputs(key, widths, n, dtype, *, loss, activation, margin=2e-3, tries=1000):
+    """dict(params, x, y) for an MLP case; kinked activations are kept off their kink.
+
+    For relu and leaky_relu the draw is repeated (deterministically) until every hidden
+    pre-activation has |z| >= ``margin``. A finite-difference step moves a
+    pre-activation by about h·n_in/sqrt(P) <= 1e-3 (h ≈ 7e-4), so with 2e-3 neither
+    the oracle nor the witness straddles a kink. Raises ValueError if ``tries`` draws
+    fail: the network is then too large for a kink-free draw (use smaller N or widths).
+    """
+    rng = numpy_rng(key)
+    for _ in range(tries if activation in KINKED else 1):
+        params = _mlp_params_np(rng, widths, dtype)
+        x = jnp.asarray(rng.normal(size=(n, widths[0])), dtype)
+        y = _mlp_targets_np(rng, n, widths[-1], loss, dtype)
+        if activation not in KINKED or kink_margin(params, x) >= margin:
+            return dict(params=params, x=x, y=y)
+    raise ValueError(f"no kink-free draw in {tries} tries for widths {widths}, N={n}")
