@@ -13,6 +13,11 @@ all elementwise and dtype-preserving. The first derivative drives backprop
                 f' = (1 + t)/2 + z/2 (1 - t²) u'               u' = c (1 + 3 a z²)
                 f'' = (1 - t²) (u' - z t u'² + z u''/2)        u'' = 6 a c z
 
+``df_from(z, a)`` is f'(z) given a = f(z) as the forward pass already computed it:
+backprop keeps the activations, so tanh' = 1 - a² and sigmoid' = a (1 - a) cost one
+multiply instead of a second transcendental (what ``jax.grad`` does too); the others
+fall back to ``df(z)``.
+
 Kinks follow JAX (``jax.nn``): ReLU'(0) = 0 (the inactive side, as ``jax.nn.relu``'s
 custom derivative), leaky ReLU'(0) = 1 (``jax.nn.leaky_relu`` is
 ``where(z >= 0, z, slope z)``). f'' is 0 away from the kink and taken as 0 at it.
@@ -39,10 +44,20 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 class Activation:
-    """An elementwise function with its first two derivatives."""
+    """An elementwise function with its first two derivatives.
 
-    def __init__(self, name, f, df, d2f):
+    Attributes:
+      name: the name ``get`` knows it by.
+      f, df, d2f: z -> f(z), f'(z), f''(z), elementwise, in the dtype of z.
+    """
+
+    def __init__(self, name, f, df, d2f, df_from_output=None):
         self.name, self.f, self.df, self.d2f = name, f, df, d2f
+        self._df_from_output = df_from_output
+
+    def df_from(self, z, a):
+        """f'(z) given a = f(z), reusing a where f' is a function of f (tanh, sigmoid)."""
+        return self.df(z) if self._df_from_output is None else self._df_from_output(a)
 
     def __repr__(self):
         return f"manual.activations.{self.name}"
@@ -81,6 +96,7 @@ sigmoid = Activation(
     f=_sigmoid,
     df=lambda z: _sigmoid(z) * (1 - _sigmoid(z)),
     d2f=_sigmoid_d2f,
+    df_from_output=lambda s: s * (1 - s),
 )
 
 tanh = Activation(
@@ -88,6 +104,7 @@ tanh = Activation(
     f=jnp.tanh,
     df=lambda z: 1 - jnp.tanh(z) ** 2,
     d2f=lambda z: -2 * jnp.tanh(z) * (1 - jnp.tanh(z) ** 2),
+    df_from_output=lambda t: 1 - t * t,
 )
 
 softplus = Activation(

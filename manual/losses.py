@@ -21,8 +21,9 @@ logits of ±1e4 stay finite in float32.
 
 Labels are checked for dtype and shape at trace time. Their values can only be checked
 on concrete arrays: eagerly, an out-of-range label is a ValueError; under ``jax.jit``
-the values are unknown while tracing, so the loss of a batch with an out-of-range label
-is NaN instead of silently wrong.
+the values are unknown while tracing, so the loss and its gradient for a batch with an
+out-of-range label are NaN instead of silently wrong (the Hessian does not depend on
+the labels).
 
 Example::
 
@@ -140,7 +141,9 @@ def _ce_value(z, y):
 def _ce_grad(z, y):
     n, m = z.shape
     p = jnp.exp(_log_softmax(z))
-    return (p - _onehot(y, m, z.dtype)) / n
+    # p - onehot(y) as one fused compare-and-subtract: no one-hot array is kept around
+    delta = (p - _onehot(y, m, z.dtype)) / n
+    return jnp.where(_valid(y, m), delta, jnp.nan)  # see module doc: labels under jit
 
 
 def _ce_hessian(z, y):

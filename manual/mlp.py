@@ -1,4 +1,4 @@
-"""An L-layer perceptron: forward stages, loss, and (below) its hand-derived gradient.
+"""An L-layer perceptron: forward stages, loss, and its hand-derived gradient.
 
 Stages, for l = 1..L (row vectors, batch first; a_0 = x)::
 
@@ -9,7 +9,21 @@ Stages, for l = 1..L (row vectors, batch first; a_0 = x)::
     E(θ) = loss(z_L, y) + ½ λ Σ_l ||W_l||²      (L2 on the weights only)
 
 Parameters are a tuple of (w, b) pairs, first layer first (contract, DESIGN.md).
+
+Backward: the costate recursion (``grad``, ``backprop``). With δ_l = ∂E/∂z_l (N, n_l)::
+
+    δ_L     = ∂loss/∂z_L                       the loss gradient in the logits
+    δ_l     = f'(z_l) ⊙ (δ_{l+1} W_{l+1}ᵀ)     l = L-1, ..., 1
+    ∂E/∂W_l = a_{l-1}ᵀ δ_l + λ W_l
+    ∂E/∂b_l = Σₙ δ_l,n                         (the bias is broadcast over the batch)
+
+Sources: Hoey, "Derivation of Backpropagation Equations"; Grosse, Lecture 6;
+"A Derivation of Backpropagation in Matrix Form"; Mizutani, Dreyfus & Nishio, "On
+derivation of MLP backpropagation from the Kelley-Bryson optimal-control gradient
+formula and its application" (IJCNN 2000).
 """
+
+import jax.numpy as jnp
 
 from manual import activations as _activations
 from manual import losses as _losses
@@ -96,3 +110,91 @@ def loss(params, x, y, *, activation, loss, l2=0.0):
     """
     logits = forward(params, x, activation=activation)
     return _losses.get(loss).value(logits, y) + l2_penalty(params, l2)
+
+
+def _weight_decay(dw, w, l2):
+    """∂/∂W of ½ λ ||W||² added to dw; skipped when λ is a literal zero."""
+    if isinstance(l2, (int, float)) and l2 == 0:
+        return dw
+    return dw + jnp.asarray(l2, w.dtype) * w  # λ in w's dtype: float32 stays float32
+
+
+def backprop(params, a, z, y, *, activation, loss, l2=0.0, input_costate=False):
+    """The costate recursion over stored forward stages (``a, z = stages(params, x)``).
+
+    Read as a discrete-time optimal-control problem (Mizutani, Dreyfus & Nishio, after
+    Kelley and Bryson), layer l is stage l, its parameters θ_l = (W_l, b_l) are the
+    stage's decision, the pre-activations z_l are the state, and the transition is::
+
+        z_{l+1} = F_l(z_l, θ_{l+1}) = f(z_l) W_{l+1} + b_{l+1},
+        E = Φ(z_L) + Σ_l g_l(θ_l),   Φ = loss(·, y),   g_l = ½ λ ||W_l||².
+
+    The Kelley-Bryson gradient formula propagates costates λ_l = ∂E/∂z_l (the
+    "ordered derivative" of E with respect to the state) backward, stage by stage,
+    from the terminal condition, and reads each decision's gradient off the costate
+    of the stage it drives::
+
+        λ_L = ∂Φ/∂z_L
+        λ_l = (∂F_l/∂z_l)ᵀ λ_{l+1}   = f'(z_l) ⊙ (λ_{l+1} W_{l+1}ᵀ)
+        ∂E/∂θ_l = ∂g_l/∂θ_l + (∂F_{l-1}/∂θ_l)ᵀ λ_l:
+            ∂E/∂W_l = a_{l-1}ᵀ λ_l + λ W_l,   ∂E/∂b_l = Σₙ λ_l,n
+
+    These costates are backprop's deltas, δ_l = λ_l: backpropagation is the
+    Kelley-Bryson formula for this particular stagewise system, and the backward pass
+    costs one pass over the stages, as the forward does.
+
+    Args:
+      params: tuple of (w, b) pairs, w: (n_{l-1}, n_l), b: (n_l,).
+      a: [a_0 .. a_{L-1}], the inputs of the layers (a_0 = x), as ``stages`` returns.
+      z: [z_1 .. z_L], the pre-activations (z_L the logits), as ``stages`` returns.
+      y: targets (N, n_L) for "mse", integer labels (N,) for "softmax_cross_entropy".
+      activation: a name in manual.activations.ACTIVATIONS.
+      loss: a name in manual.losses.LOSSES.
+      l2: λ, the weight-decay coefficient (weights only).
+      input_costate: also return ∂E/∂x = δ_1 W_1ᵀ (skipped by default: a training
+        step does not need it, and it is the largest product of the first layer).
+
+    Returns:
+      grads, a tuple of (dw, db) pairs shaped like params; with ``input_costate``,
+      (grads, dx) with dx: (N, n_0).
+    """
+    f = _activations.get(activation)
+    delta = _losses.get(loss).grad(z[-1], y)  # δ_L = ∂E/∂z_L
+    grads, dx = [], None
+    for l in range(len(params) - 1, -1, -1):  # python index l is layer l + 1
+        w, _ = params[l]
+        grads.append((_weight_decay(a[l].T @ delta, w, l2), delta.sum(axis=0)))
+        if l > 0:  # δ_l = f'(z_l) ⊙ (δ_{l+1} W_{l+1}ᵀ), f' from the kept a_l = f(z_l)
+            delta = f.df_from(z[l - 1], a[l]) * (delta @ w.T)
+        elif input_costate:
+            dx = delta @ w.T
+    grads = tuple(reversed(grads))
+    return (grads, dx) if input_costate else grads
+
+
+def grad(params, x, y, *, activation, loss, l2=0.0):
+    """∂E/∂θ of ``loss(params, x, y)`` by the costate recursion (see ``backprop``).
+
+    δ_L = ∂loss/∂z_L;  δ_l = f'(z_l) ⊙ (δ_{l+1} W_{l+1}ᵀ);
+    ∂E/∂W_l = a_{l-1}ᵀ δ_l + λ W_l;  ∂E/∂b_l = Σₙ δ_l,n.
+
+    Args:
+      params, x, activation: as for ``forward``.
+      y, loss, l2: as for ``loss``.
+
+    Returns:
+      A tuple of (dw, db) pairs shaped like params, in the dtype of x.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from manual import mlp
+        >>> params = ((jnp.ones((2, 3)), jnp.zeros(3)), (jnp.ones((3, 1)), jnp.zeros(1)))
+        >>> (dw1, db1), (dw2, db2) = mlp.grad(params, jnp.ones((1, 2)), jnp.zeros((1, 1)),
+        ...                                   activation="relu", loss="mse")
+        >>> dw2.ravel().tolist()   # a_1ᵀ δ_2 with a_1 = (2, 2, 2), δ_2 = 6
+        [12.0, 12.0, 12.0]
+    """
+    _losses.get(loss)  # an unknown name fails before any work
+    a, z = stages(params, x, activation=activation)
+    return backprop(params, a, z, y, activation=activation, loss=loss, l2=l2)
