@@ -31,6 +31,7 @@ SHAPES = (
     ("nonsquare", 13, 7, 5, "test"),
     ("batch256", 256, 128, 64, "test"),
     ("large", 4096, 1024, 1024, "report"),
+    ("bench-1024", 1024, 1024, 1024, "bench"),
 )
 
 for label, n, d, m, tier in SHAPES:
