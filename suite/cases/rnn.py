@@ -1,0 +1,154 @@
+"""Vanilla RNN cases: backprop through time, full, truncated and randomized (d2l 9.7).
+
+Oracles:
+  full BPTT     jax.vjp of the project's own forward, manual.rnn.forward (a vjp_case,
+                with the finite-difference witness on <dhs, hs>)
+  truncation=k  jax.vjp of an independent textbook forward (``reference_forward``) that
+                applies lax.stop_gradient to the state entering steps k, 2k, ...
+  randomized    jax.vjp of the same forward with the state entering step t replaced by
+                sg(h) + xi_t * (h - sg(h)) (reference.bptt.unroll)
+A truncated or reweighted gradient is the gradient of no objective: those cases have no
+finite-difference witness; the full-BPTT cases carry it.
+"""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+
+from manual import clip, rnn
+from reference import autodiff, bptt
+from suite.cases import Case, Family, register, register_family
+from suite.cases._common import normal, split, vjp_case
+
+register_family(Family(
+    name="rnn",
+    title="Vanilla RNN: backprop through time",
+    description="h_t = tanh(x_t W_xh + h_{t-1} W_hh + b), time-major; the unfolded network "
+                "is one feed-forward network sharing W_xh, W_hh, b, whose gradients sum over "
+                "the steps. Full BPTT against jax.vjp of manual.rnn.forward (with the "
+                "finite-difference witness); truncation=k against jax.vjp of a forward with "
+                "lax.stop_gradient on the state entering steps k, 2k, ...; randomized "
+                "truncation (xi_t = 0 or 1/pi) against a forward feeding step t "
+                "sg(h) + xi_t (h - sg(h)) (d2l.ai 9.7; Tallec & Ollivier 2017). "
+                "Clipping by global norm against an independent jax.tree_util version.",
+))
+
+PRIMALS = ("params", "xs", "h0")
+Grads = collections.namedtuple("Cotangents", [f"d{k}" for k in PRIMALS])
+
+
+def reference_step(params):
+    """One textbook step, written independently of manual.rnn (no hoisting)."""
+    def step(h, x_t):
+        h = jnp.tanh(x_t @ params["w_xh"] + h @ params["w_hh"] + params["b"][None, :])
+        return h, h
+    return step
+
+
+def reference_forward(params, xs, h0, *, truncation=None, xi=None):
+    """hs, with the recurrent state cut (truncation) or reweighted (xi) for autodiff."""
+    return bptt.unroll(reference_step(params), h0, xs, truncation=truncation, xi=xi)[1]
+
+
+def builder(t, n, d, h, pi=None):
+    """Inputs for T=t, N=n, D=d, H=h; with ``pi``, also randomized-truncation weights xi."""
+    def build(key, dtype):
+        k = split(key, ["w_xh", "w_hh", "b", "xs", "h0", "dhs", "xi"])
+        # W_hh ~ 0.8/sqrt(H): a contractive recurrence, gradients neither explode nor
+        # vanish entirely over 100 steps, and |z| stays where tanh is far from flat
+        params = dict(w_xh=normal(k["w_xh"], (d, h), dtype, 1.0 / d ** 0.5),
+                      w_hh=normal(k["w_hh"], (h, h), dtype, 0.8 / h ** 0.5),
+                      b=normal(k["b"], (h,), dtype, 0.1))
+        inputs = dict(params=params, xs=normal(k["xs"], (t, n, d), dtype),
+                      h0=normal(k["h0"], (n, h), dtype, 0.5), dhs=normal(k["dhs"], (t, n, h), dtype))
+        if pi is not None:
+            inputs["xi"] = rnn.randomized_weights(k["xi"], t, pi, dtype=dtype)
+        return inputs
+    return build
+
+
+def _args(inputs):
+    return tuple(inputs[k] for k in PRIMALS)
+
+
+def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test", dtypes=("float32", "float64")):
+    """A registry case for T, N, D, H and a truncation strategy (full, k, randomized)."""
+    sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
+    if pi is not None:
+        sizes["pi"] = pi
+    if truncation is None and pi is None:
+        return vjp_case(name=name, family="rnn", build=builder(t, n, d, h),
+                        forward=rnn.forward, backward=rnn.backward, primals=PRIMALS,
+                        cotangent="dhs", sizes=sizes, tier=tier, dtypes=dtypes)
+
+    def manual(inputs):
+        return Grads(*rnn.backward(*_args(inputs), inputs["dhs"], truncation=truncation,
+                                   xi=inputs.get("xi")))
+
+    def reference(inputs):
+        def forward(*primals):
+            return reference_forward(*primals, truncation=truncation, xi=inputs.get("xi"))
+        return Grads(*autodiff.vjp(forward, _args(inputs), inputs["dhs"]))
+
+    return Case(name=name, family="rnn", build=builder(t, n, d, h, pi), manual=manual,
+                reference=reference, sizes=sizes, tier=tier, dtypes=dtypes)
+
+
+def reference_clip(grads, max_norm):
+    """Clipping by global norm over jax.tree_util, independent of manual.clip."""
+    leaves = jax.tree_util.tree_leaves(grads)
+    norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in leaves))
+    factor = jnp.minimum(1.0, max_norm / norm)
+    return jax.tree_util.tree_map(lambda g: g * factor, grads), norm
+
+
+def clipped_case(name, t, n, d, h, *, max_norm, truncation=None, tier="test"):
+    """Clipped BPTT gradients (and the norm before clipping) against clipped autodiff."""
+    def manual(inputs):
+        grads = Grads(*rnn.backward(*_args(inputs), inputs["dhs"], truncation=truncation))
+        return clip.clip_by_global_norm(grads, max_norm)
+
+    def reference(inputs):
+        def forward(*primals):
+            return reference_forward(*primals, truncation=truncation)
+        return reference_clip(Grads(*autodiff.vjp(forward, _args(inputs), inputs["dhs"])), max_norm)
+
+    return Case(name=name, family="rnn", build=builder(t, n, d, h), manual=manual,
+                reference=reference, tier=tier,
+                sizes=dict(T=t, N=n, D=d, H=h, truncation=truncation or "full", max_norm=max_norm))
+
+
+# (name, T, N, D, H, truncation, pi, tier). T covers 1, 2, an odd length and 100; the
+# truncations None, 1, a k that does not divide T and k >= T; N = 1 appears; pi marks
+# randomized truncation (alone and composed with a regular one).
+CASES = (
+    ("T7", 7, 3, 4, 5, None, None, "test"),
+    ("T1", 1, 3, 2, 4, None, None, "test"),
+    ("T2-N1", 2, 1, 3, 4, None, None, "test"),
+    ("T100", 100, 2, 3, 4, None, None, "test"),
+    ("T1-k1", 1, 2, 3, 4, 1, None, "test"),
+    ("T7-k1", 7, 3, 4, 5, 1, None, "test"),
+    ("T7-k3", 7, 3, 4, 5, 3, None, "test"),
+    ("T7-k7", 7, 3, 4, 5, 7, None, "test"),
+    ("T2-N1-k5", 2, 1, 3, 4, 5, None, "test"),
+    ("T100-k30", 100, 2, 3, 4, 30, None, "test"),
+    ("T100-N1-k1", 100, 1, 3, 4, 1, None, "test"),
+    ("T7-xi0.5", 7, 3, 4, 5, None, 0.5, "test"),
+    ("T100-xi0.8", 100, 2, 3, 4, None, 0.8, "test"),
+    ("T7-k3-xi0.5", 7, 3, 4, 5, 3, 0.5, "test"),
+    ("T100-N16-H32", 100, 16, 8, 32, None, None, "slow"),
+    ("T100-N16-H32-k10", 100, 16, 8, 32, 10, None, "slow"),
+    ("T100-N16-H32-xi0.7", 100, 16, 8, 32, None, 0.7, "slow"),
+    ("T100-N32-H128", 100, 32, 64, 128, None, None, "report"),
+    ("T100-N32-H128-k20", 100, 32, 64, 128, 20, None, "report"),
+)
+
+for label, t, n, d, h, k, pi, tier in CASES:
+    register(bptt_case(f"rnn/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
+
+register(clipped_case("rnn/T7-clip", 7, 3, 4, 5, max_norm=1.0))
+register(clipped_case("rnn/T7-k3-clip", 7, 3, 4, 5, max_norm=1.0, truncation=3))
+
+# The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
+register(bptt_case("rnn/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
