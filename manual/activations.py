@@ -99,12 +99,18 @@ sigmoid = Activation(
     df_from_output=lambda s: s * (1 - s),
 )
 
+def _one_minus_square(t):
+    # 1 - t² as (1 - t)(1 + t), as jax.grad of tanh does: 1 - t is exact near t = ±1
+    # (Sterbenz), so no rounding of t² is amplified in the small slopes of saturation
+    return (1 - t) * (1 + t)
+
+
 tanh = Activation(
     "tanh",
     f=jnp.tanh,
-    df=lambda z: 1 - jnp.tanh(z) ** 2,
-    d2f=lambda z: -2 * jnp.tanh(z) * (1 - jnp.tanh(z) ** 2),
-    df_from_output=lambda t: 1 - t * t,
+    df=lambda z: _one_minus_square(jnp.tanh(z)),
+    d2f=lambda z: -2 * jnp.tanh(z) * _one_minus_square(jnp.tanh(z)),
+    df_from_output=_one_minus_square,
 )
 
 softplus = Activation(

@@ -1,0 +1,231 @@
+"""MLP family: activations (f, f', f''), losses (gradient, per-sample Hessian) and the
+L-layer network's gradient by the costate recursion, each against JAX autodiff.
+
+Case names:
+    mlp/net/<activation>/<loss>/L<depth>   manual.mlp.grad vs jax.grad of manual.mlp.loss
+                                           (FD witness: manual.mlp.loss)
+    mlp/act/<activation>                   f, f', f'' vs jax.nn's f, jax.grad, grad-of-grad
+    mlp/loss/<loss>[/...]                  loss.grad vs jax.grad of loss.value
+                                           (FD witness: loss.value)
+    mlp/loss/<loss>/hessian                loss.hessian vs the per-sample diagonal blocks
+                                           of jax.hessian of loss.value, times N
+    mlp/bench/...                          784-512-512-512-10, batch 256 (bench only)
+"""
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from manual import activations, losses, mlp
+from reference import autodiff
+from suite.cases import Case, Family, register, register_family
+from suite.cases._common import KINKED, away_from_zero, mlp_inputs, normal, split
+
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu")
+LOSSES = ("mse", "softmax_cross_entropy")
+
+
+def _extra_section(rows, out_dir):
+    from suite import training  # imported late: the study is only needed by the report
+    return training.report_section(out_dir)
+
+
+register_family(Family(
+    name="mlp",
+    title="L-layer network: activations, losses, costate recursion",
+    description="z_l = a_{l-1} W_l + b_l, a_l = f(z_l), logits z_L, batch-mean loss + "
+                "½λΣ||W_l||². Backward as the Kelley-Bryson costate recursion: "
+                "δ_L = ∂loss/∂z_L, δ_l = f'(z_l) ⊙ (δ_{l+1} W_{l+1}ᵀ), "
+                "∂E/∂W_l = a_{l-1}ᵀ δ_l + λW_l, ∂E/∂b_l = Σₙ δ_l (Hoey; Grosse; "
+                "Mizutani, Dreyfus & Nishio). Activation rows check f, f', f'' elementwise "
+                "against jax.nn and (grad-of-)jax.grad; loss rows check the logit gradient "
+                "(Sadowski) and the per-sample Hessian against jax.hessian.",
+    extra_section=_extra_section,
+))
+
+
+# --- the network: every activation x both losses x depths 1..5 --------------------------
+
+# Widths [n_0, hidden..., n_L] per depth. Variant 0 of every depth > 1 has a hidden layer
+# of width 1 (a bottleneck: the costate passes through a single unit); the others are
+# non-uniform. Output width 1 only appears with mse (cross-entropy over one class is 0).
+WIDTHS = {
+    1: ([3, 2], [1, 4], [6, 3]),
+    2: ([4, 1, 3], [3, 6, 2], [5, 2, 4]),
+    3: ([5, 7, 1, 3], [2, 8, 3, 4], [4, 3, 6, 2]),
+    4: ([3, 6, 1, 5, 2], [6, 2, 7, 4, 3], [2, 5, 5, 3, 4]),
+    5: ([4, 6, 3, 1, 5, 2], [3, 5, 8, 5, 3, 4], [5, 2, 6, 4, 7, 3]),
+}
+MSE_ONLY = {1: [5, 1], 3: [3, 4, 2, 1]}  # scalar regression heads, for mse
+BATCHES = (1, 3, 8, 16)
+# `make test` runs one depth per (activation, loss), cycling so that every depth 1..5
+# appears; the other 48 configs are tier "slow" (pytest -m slow and every report).
+
+
+def _test_depth(i, j):
+    return (2 * i + j) % 5 + 1
+
+
+def _net_config(i, act, j, loss, depth):
+    """(widths, N, l2, tier) for activation #i, loss #j at ``depth``, varied across the cross."""
+    variants = WIDTHS[depth]
+    widths = variants[(i + j) % len(variants)]
+    if loss == "mse" and depth in MSE_ONLY and i % 2 == 1:
+        widths = MSE_ONLY[depth]
+    n = BATCHES[(2 * i + j + depth) % len(BATCHES)]
+    l2 = 0.1 if (i + j + depth) % 2 else 0.0
+    tier = "test" if depth == _test_depth(i, j) else "slow"
+    return widths, n, l2, tier
+
+
+def net_case(name, widths, n, *, activation, loss, l2=0.0, tier="test", margin=2e-3):
+    """manual.mlp.grad against jax.grad of manual.mlp.loss, FD witness on the loss.
+
+    ``margin`` is the kink-free distance mlp_inputs redraws relu/leaky_relu inputs for;
+    benchmarks (no finite differences, and both sides share JAX's kink convention) take 0.
+    """
+    def build(key, dtype):
+        return mlp_inputs(key, widths, n, dtype, loss=loss, activation=activation,
+                          margin=margin)
+
+    config = dict(activation=activation, loss=loss, l2=l2)
+
+    def objective(inputs):
+        return mlp.loss(inputs["params"], inputs["x"], inputs["y"], **config)
+
+    return Case(
+        name=name, family="mlp", build=build,
+        manual=lambda inputs: mlp.grad(inputs["params"], inputs["x"], inputs["y"], **config),
+        reference=lambda inputs: autodiff.grad(
+            lambda p: mlp.loss(p, inputs["x"], inputs["y"], **config))(inputs["params"]),
+        objective=objective, wrt=("params",),
+        sizes=dict(widths="-".join(map(str, widths)), N=n, l2=l2), tier=tier)
+
+
+for _i, _act in enumerate(ACTIVATIONS):
+    for _j, _loss in enumerate(LOSSES):
+        for _depth in range(1, 6):
+            _widths, _n, _l2, _tier = _net_config(_i, _act, _j, _loss, _depth)
+            register(net_case(f"mlp/net/{_act}/{_loss}/L{_depth}", _widths, _n,
+                              activation=_act, loss=_loss, l2=_l2, tier=_tier))
+
+# Wide and deep enough to average many rounding errors: the report only.
+register(net_case("mlp/net/tanh/softmax_cross_entropy/wide", [64, 128, 128, 128, 10], 128,
+                  activation="tanh", loss="softmax_cross_entropy", l2=1e-3, tier="report"))
+register(net_case("mlp/net/relu/mse/wide", [32, 96, 96, 8], 64,
+                  activation="relu", loss="mse", l2=0.0, tier="report"))
+
+
+# --- activations: f, f', f'' elementwise -------------------------------------------------
+
+# The oracle's f comes from jax.nn (not from manual/), its derivatives from jax.grad.
+REFERENCE_F = {
+    "relu": jax.nn.relu,
+    "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=activations.LEAKY_SLOPE),
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "softplus": jax.nn.softplus,
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),
+}
+ActivationValues = collections.namedtuple("ActivationValues", "f df d2f")
+
+
+def _elementwise(fn):
+    """fn applied to every entry of an array through a scalar function (vmap over a ravel)."""
+    return lambda z: jax.vmap(fn)(z.ravel()).reshape(z.shape)
+
+
+def activation_case(name, *, scale=2.5, shape=(4, 33)):
+    act, f_ref = activations.get(name), REFERENCE_F[name]
+
+    def build(key, dtype):
+        # |z| >= 0.1 for every activation (the kinked ones need it, the others don't mind);
+        # the scale reaches the saturated tails of sigmoid and tanh (|z| up to ~10).
+        return dict(z=scale * away_from_zero(key, shape, dtype, margin=0.1 / scale))
+
+    def manual(inputs):
+        z = inputs["z"]
+        return ActivationValues(act.f(z), act.df(z), act.d2f(z))
+
+    def reference(inputs):
+        z = inputs["z"]
+        df = jax.grad(f_ref)
+        return ActivationValues(f_ref(z), _elementwise(df)(z), _elementwise(jax.grad(df))(z))
+
+    return Case(name=f"mlp/act/{name}", family="mlp", build=build, manual=manual,
+                reference=reference, sizes=dict(z="x".join(map(str, shape)),
+                                                kinked=name in KINKED))
+
+
+for _act in ACTIVATIONS:
+    register(activation_case(_act))
+
+
+# --- losses: gradient and per-sample Hessian in the logits ------------------------------
+
+def _loss_inputs(key, n, m, loss, dtype, logit_scale):
+    k = split(key, ["z", "s", "y"])
+    z = normal(k["z"], (n, m), dtype)
+    if logit_scale:
+        # levels {-1, 0, 1} x logit_scale plus O(1) offsets: ties at each level keep the
+        # softmax non-trivial while the logits reach ±1e4
+        z = z + logit_scale * jax.random.randint(k["s"], (n, m), -1, 2).astype(dtype)
+    if loss == "mse":
+        return dict(logits=z, y=normal(k["y"], (n, m), dtype))
+    return dict(logits=z, y=jax.random.randint(k["y"], (n,), 0, m, jnp.int32))
+
+
+def loss_grad_case(name, loss, n, m, *, logit_scale=0.0, tier="test"):
+    fn = losses.get(loss)
+    # No finite-difference witness at logits of 1e4: the loss is then ~1e4, its rounding
+    # ~1e4·eps ≈ 2e-12, and a difference quotient with h ≈ 7e-4 cannot resolve the
+    # gradient to the witness's 1e-9 (it measures ~1e-8). jax.grad is the oracle there.
+    witness = {} if logit_scale else dict(
+        objective=lambda inputs: fn.value(inputs["logits"], inputs["y"]), wrt=("logits",))
+    return Case(
+        name=name, family="mlp",
+        build=lambda key, dtype: _loss_inputs(key, n, m, loss, dtype, logit_scale),
+        manual=lambda inputs: fn.grad(inputs["logits"], inputs["y"]),
+        reference=lambda inputs: autodiff.grad(fn.value)(inputs["logits"], inputs["y"]),
+        sizes=dict(N=n, M=m, **({"logits": f"±{logit_scale:g}"} if logit_scale else {})),
+        tier=tier, **witness)
+
+
+def per_sample_hessian(value, logits, y):
+    """Diagonal blocks H[n, :, n, :] of jax.hessian of the batch mean, times N.
+
+    The batch mean couples no two samples, so these blocks are all of the Hessian; times N
+    they are each sample's own loss Hessian.
+    """
+    n = logits.shape[0]
+    full = jax.hessian(value)(logits, y)  # (N, M, N, M)
+    rows = jnp.arange(n)
+    return n * full[rows, :, rows, :]  # advanced indices apart: (N, M, M), [k, i, j] = H[k,i,k,j]
+
+
+def loss_hessian_case(name, loss, n, m, *, logit_scale=0.0):
+    fn = losses.get(loss)
+    return Case(
+        name=name, family="mlp",
+        build=lambda key, dtype: _loss_inputs(key, n, m, loss, dtype, logit_scale),
+        manual=lambda inputs: fn.hessian(inputs["logits"], inputs["y"]),
+        reference=lambda inputs: per_sample_hessian(fn.value, inputs["logits"], inputs["y"]),
+        sizes=dict(N=n, M=m, **({"logits": f"±{logit_scale:g}"} if logit_scale else {})))
+
+
+for _loss in LOSSES:
+    register(loss_grad_case(f"mlp/loss/{_loss}", _loss, 7, 5))
+    register(loss_grad_case(f"mlp/loss/{_loss}/N1", _loss, 1, 3, tier="slow"))
+    register(loss_grad_case(f"mlp/loss/{_loss}/large_logits", _loss, 6, 4, logit_scale=1e4))
+    register(loss_hessian_case(f"mlp/loss/{_loss}/hessian", _loss, 5, 4))
+register(loss_hessian_case("mlp/loss/softmax_cross_entropy/hessian/large_logits",
+                           "softmax_cross_entropy", 6, 4, logit_scale=1e4))
+
+
+# --- benchmark: manual grad vs jax.grad, both compiled ----------------------------------
+
+for _act in ("tanh", "relu"):
+    register(net_case(f"mlp/bench/{_act}/784-512-512-512-10", [784, 512, 512, 512, 10], 256,
+                      activation=_act, loss="softmax_cross_entropy", tier="bench", margin=0.0))
