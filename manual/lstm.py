@@ -1,0 +1,189 @@
+"""An LSTM and its backprop through time, by hand.
+
+Forward (time-major, row vectors, t = 0..T-1, h_{-1} = h0, c_{-1} = c0; the four gates
+side by side along the 4H axis in the order i, f, g, o)::
+
+    z_t          = x_t W_x + h_{t-1} W_h + b       W_x: (D, 4H)  W_h: (H, 4H)  b: (4H,)
+    i, f, g, o   = σ(z_i), σ(z_f), tanh(z_g), σ(z_o)   each (N, H)
+    c_t          = f * c_{t-1} + i * g
+    h_t          = o * tanh(c_t)
+
+Backward, from t = T-1 down to 0, carrying the adjoints that step t+1 sends back into
+h_t and c_t (gh_t, gc_t; both 0 at t = T-1). dh_t comes from outside (``dhs``); the
+cell states get no cotangent from outside::
+
+    dh   = dh_t + gh_t
+    do   = dh * tanh(c_t)
+    dc   = gc_t + dh * o * (1 - tanh(c_t)**2)          the cell's two paths meet here
+    di, df, dg = dc * g, dc * c_{t-1}, dc * i
+    delta_t = [di * i(1-i), df * f(1-f), dg * (1-g**2), do * o(1-o)]   (N, 4H), dE/dz_t
+    gh_{t-1} = omega_t * delta_t W_hᵀ                  gh_{-1} is dh0
+    gc_{t-1} = omega_t * dc * f                        gc_{-1} is dc0
+    dx_t     = delta_t W_xᵀ
+
+    dW_x = Σ_t x_tᵀ delta_t     dW_h = Σ_t h_{t-1}ᵀ delta_t     db = Σ_t Σ_n delta_t,n
+
+The activated gates are kept from the forward (σ' = σ(1-σ), tanh' = 1 - tanh², so no
+pre-activation is needed). omega_t = 1 is full BPTT; ``truncation=k`` sets omega_t = 0
+where t is a positive multiple of k (both h and c entering those steps are cut); ``xi``
+(randomized truncation) sets omega_t = xi_t on both. The weight gradients and the input
+projection are single matrix products over all T·N rows, outside the scans.
+
+Source: d2l.ai 9.7 "Backpropagation Through Time" and 10.1 "Long Short-Term Memory";
+C. Tallec and Y. Ollivier, "Unbiasing Truncated Backpropagation Through Time" (2017).
+
+Example::
+
+    >>> import jax.numpy as jnp
+    >>> from manual import lstm
+    >>> params = dict(w_x=jnp.ones((3, 8)) / 8, w_h=jnp.ones((2, 8)) / 8, b=jnp.zeros(8))
+    >>> xs, h0, c0 = jnp.ones((5, 1, 3)), jnp.zeros((1, 2)), jnp.zeros((1, 2))
+    >>> hs, cs = lstm.forward(params, xs, h0, c0)
+    >>> dparams, dxs, dh0, dc0 = lstm.backward(params, xs, h0, c0, jnp.ones_like(hs))
+    >>> dparams["w_h"].shape, dc0.shape
+    ((2, 8), (1, 2))
+"""
+
+import jax.numpy as jnp
+from jax import lax
+
+from manual import _bptt
+from manual._checks import require_floats
+
+randomized_weights = _bptt.randomized_weights
+
+PARAM_NAMES = ("w_x", "w_h", "b")
+_RANKS = {"w_x": 2, "w_h": 2, "b": 1, "xs": 3, "h0": 2, "c0": 2, "dhs": 3}
+
+
+def _sigmoid(z):
+    return 0.5 * jnp.tanh(0.5 * z) + 0.5  # = 1 / (1 + exp(-z)), without overflow
+
+
+def _check(params, xs, h0, c0, dhs=None):
+    if not hasattr(params, "keys") or set(params.keys()) != set(PARAM_NAMES):
+        got = sorted(params.keys()) if hasattr(params, "keys") else type(params).__name__
+        raise ValueError(f"params must be a dict with keys {PARAM_NAMES}, got {got}")
+    arrays = dict(params, xs=xs, h0=h0, c0=c0)
+    if dhs is not None:
+        arrays["dhs"] = dhs
+    require_floats(_RANKS, **arrays)
+    (t, n, d), h = xs.shape, h0.shape[1]
+    if t == 0:
+        raise ValueError(f"xs must have at least one time step, got xs {xs.shape}")
+    if params["w_x"].shape != (d, 4 * h):
+        raise ValueError(f"params['w_x'] must have shape (D, 4H) = ({d}, {4 * h}) with D from "
+                         f"xs {xs.shape} and H from h0 {h0.shape}, got {params['w_x'].shape}")
+    if params["w_h"].shape != (h, 4 * h):
+        raise ValueError(f"params['w_h'] must have shape (H, 4H) = ({h}, {4 * h}) with H from "
+                         f"h0 {h0.shape}, got {params['w_h'].shape}")
+    if params["b"].shape != (4 * h,):
+        raise ValueError(f"params['b'] must have shape (4H,) = ({4 * h},) with H from "
+                         f"h0 {h0.shape}, got {params['b'].shape}")
+    if h0.shape[0] != n:
+        raise ValueError(f"h0 must have shape (N, H) with N = xs.shape[1] = {n}, "
+                         f"got xs {xs.shape} and h0 {h0.shape}")
+    if c0.shape != h0.shape:
+        raise ValueError(f"c0 must have the shape of h0, {h0.shape}, got {c0.shape}")
+    if dhs is not None and dhs.shape != (t, n, h):
+        raise ValueError(f"dhs must have the shape of hs, (T, N, H) = ({t}, {n}, {h}), "
+                         f"got {dhs.shape}")
+
+
+def _forward(params, xs, h0, c0):
+    """(hs, cs, gates): gates (T, N, 4H) are the activated i, f, g, o."""
+    t, n, d = xs.shape
+    h = h0.shape[1]
+    # the input projection does not depend on the recurrence: one (T·N, D)(D, 4H) product
+    xw = (xs.reshape(t * n, d) @ params["w_x"]).reshape(t, n, 4 * h) + params["b"][None, None, :]
+    w_h = params["w_h"]
+
+    def step(state, xw_t):
+        h_prev, c_prev = state
+        z = xw_t + h_prev @ w_h
+        i, f, o = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h]), _sigmoid(z[:, 3 * h:])
+        g = jnp.tanh(z[:, 2 * h:3 * h])
+        c_t = f * c_prev + i * g
+        h_t = o * jnp.tanh(c_t)
+        return (h_t, c_t), (h_t, c_t, jnp.concatenate([i, f, g, o], axis=1))
+
+    _, (hs, cs, gates) = lax.scan(step, (h0, c0), xw)
+    return hs, cs, gates
+
+
+def forward(params, xs, h0, c0):
+    """The LSTM over a sequence (equations in the module docstring).
+
+    Args:
+      params: {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}, gates i, f, g, o along 4H.
+      xs: inputs, time-major, (T, N, D), T >= 1.
+      h0: initial hidden state, (N, H).
+      c0: initial cell state, (N, H).
+
+    Returns:
+      (hs, cs): every hidden and cell state, each (T, N, H), in the dtype of the arguments.
+    """
+    _check(params, xs, h0, c0)
+    hs, cs, _ = _forward(params, xs, h0, c0)
+    return hs, cs
+
+
+def backward(params, xs, h0, c0, dhs, *, truncation=None, xi=None):
+    """Backprop through time for the LSTM: the gradients of <dhs, hs>.
+
+    Args:
+      params: {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}.
+      xs: inputs, (T, N, D).
+      h0, c0: initial hidden and cell states, (N, H) each.
+      dhs: cotangent of every hidden state, (T, N, H); cell states get none.
+      truncation: None (full BPTT) or a positive int k: no gradient flows through the
+        state (h and c) entering steps t = k, 2k, ... (static).
+      xi: None, or (T,) weights of randomized truncation (``randomized_weights``):
+        both adjoints that step t sends back into (h_{t-1}, c_{t-1}) ((h0, c0) for
+        t = 0) are multiplied by xi_t. Composes with ``truncation``.
+
+    Returns:
+      (dparams, dxs, dh0, dc0): dparams a dict with the keys and shapes of params,
+      dxs (T, N, D), dh0 and dc0 (N, H); all in the dtype of the arguments.
+    """
+    _check(params, xs, h0, c0, dhs)
+    _bptt.check_truncation(truncation)
+    steps, n, d = xs.shape
+    h = h0.shape[1]
+    _bptt.check_xi(xi, steps, xs.dtype)
+    omega = _bptt.adjoint_weights(steps, truncation, xi, xs.dtype)
+
+    hs, cs, gates = _forward(params, xs, h0, c0)
+    cs_prev = jnp.concatenate([c0[None], cs[:-1]])
+    w_h_t = params["w_h"].T
+
+    def step(carry, inputs):  # carry: the adjoints step t+1 sent back into h_t, c_t
+        gh_t, gc_t = carry
+        dh_t, c_t, c_prev, gates_t, omega_t = inputs
+        i, f = gates_t[:, :h], gates_t[:, h:2 * h]
+        g, o = gates_t[:, 2 * h:3 * h], gates_t[:, 3 * h:]
+        dh = dh_t + gh_t
+        tanh_c = jnp.tanh(c_t)
+        dc = gc_t + dh * o * (1.0 - tanh_c * tanh_c)
+        delta_t = jnp.concatenate([dc * g * i * (1.0 - i),           # through i
+                                   dc * c_prev * f * (1.0 - f),      # through f
+                                   dc * i * (1.0 - g * g),           # through g
+                                   dh * tanh_c * o * (1.0 - o)],     # through o
+                                  axis=1)
+        gh_prev, gc_prev = delta_t @ w_h_t, dc * f
+        if omega_t is not None:
+            gh_prev, gc_prev = omega_t * gh_prev, omega_t * gc_prev
+        return (gh_prev, gc_prev), delta_t
+
+    zeros = jnp.zeros_like(h0)
+    (dh0, dc0), deltas = lax.scan(step, (zeros, zeros), (dhs, cs, cs_prev, gates, omega),
+                                  reverse=True)
+
+    # Shared weights: each gradient is one sum over all T·N rows, taken after the scan.
+    delta = deltas.reshape(steps * n, 4 * h)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * n, h)
+    dparams = {"w_x": xs.reshape(steps * n, d).T @ delta,
+               "w_h": h_prev.T @ delta,
+               "b": delta.sum(axis=0)}
+    dxs = (delta @ params["w_x"].T).reshape(steps, n, d)
+    return dparams, dxs, dh0, dc0

@@ -1,0 +1,137 @@
+"""LSTM cases: backprop through time, full, truncated and randomized (d2l 9.7, 10.1).
+
+Oracles, as for the RNN (suite/cases/rnn.py):
+  full BPTT     jax.vjp of the project's own forward, manual.lstm.forward (its hs), with
+                the finite-difference witness on <dhs, hs>
+  truncation=k  jax.vjp of an independent textbook forward (``reference_forward``) that
+                applies lax.stop_gradient to (h, c) entering steps k, 2k, ...
+  randomized    the same forward with both h and c entering step t replaced by
+                sg(s) + xi_t * (s - sg(s)) (reference.bptt.unroll)
+The cell states get no cotangent from outside (the contract), so the cotangent is dhs.
+"""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+
+from manual import lstm
+from reference import autodiff, bptt
+from suite.cases import Case, Family, register, register_family
+from suite.cases._common import normal, split, vjp_case
+
+register_family(Family(
+    name="lstm",
+    title="LSTM: backprop through time",
+    description="z_t = x_t W_x + h_{t-1} W_h + b with gates i, f, g, o along 4H; "
+                "c_t = f c_{t-1} + i g, h_t = o tanh(c_t). The cell adjoint has two paths "
+                "into c_t (through h_t and from c_{t+1} via f). Full BPTT against jax.vjp of "
+                "manual.lstm.forward (with the finite-difference witness); truncation=k "
+                "against jax.vjp of a forward with lax.stop_gradient on (h, c) entering steps "
+                "k, 2k, ...; randomized truncation against a forward feeding step t "
+                "sg(s) + xi_t (s - sg(s)) for both h and c (d2l.ai 9.7, 10.1; Tallec & "
+                "Ollivier 2017).",
+))
+
+PRIMALS = ("params", "xs", "h0", "c0")
+Grads = collections.namedtuple("Cotangents", [f"d{k}" for k in PRIMALS])
+
+
+def reference_step(params):
+    """One textbook LSTM step, gates i, f, g, o, written independently of manual.lstm."""
+    def step(state, x_t):
+        h, c = state
+        z = x_t @ params["w_x"] + h @ params["w_h"] + params["b"][None, :]
+        i, f, g, o = jnp.split(z, 4, axis=1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, c), (h, c)
+    return step
+
+
+def reference_forward(params, xs, h0, c0, *, truncation=None, xi=None):
+    """(hs, cs), with (h, c) cut (truncation) or reweighted (xi) for autodiff."""
+    return bptt.unroll(reference_step(params), (h0, c0), xs, truncation=truncation, xi=xi)[1]
+
+
+def hidden_states(params, xs, h0, c0):
+    """The project's forward, hs only: the cotangent dhs meets hs, the cells get none."""
+    return lstm.forward(params, xs, h0, c0)[0]
+
+
+def builder(t, n, d, h, pi=None):
+    """Inputs for T=t, N=n, D=d, H=h; with ``pi``, also randomized-truncation weights xi."""
+    def build(key, dtype):
+        k = split(key, ["w_x", "w_h", "b", "xs", "h0", "c0", "dhs", "xi"])
+        # weights ~ 1/sqrt(fan-in) keep the pre-activations O(1), where σ and tanh are
+        # far from flat; the forget gate is then ~0.5 on average, a fading memory
+        params = dict(w_x=normal(k["w_x"], (d, 4 * h), dtype, 1.0 / d ** 0.5),
+                      w_h=normal(k["w_h"], (h, 4 * h), dtype, 1.0 / h ** 0.5),
+                      b=normal(k["b"], (4 * h,), dtype, 0.1))
+        inputs = dict(params=params, xs=normal(k["xs"], (t, n, d), dtype),
+                      h0=normal(k["h0"], (n, h), dtype, 0.5), c0=normal(k["c0"], (n, h), dtype),
+                      dhs=normal(k["dhs"], (t, n, h), dtype))
+        if pi is not None:
+            inputs["xi"] = lstm.randomized_weights(k["xi"], t, pi, dtype=dtype)
+        return inputs
+    return build
+
+
+def _args(inputs):
+    return tuple(inputs[k] for k in PRIMALS)
+
+
+def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test", dtypes=("float32", "float64")):
+    """A registry case for T, N, D, H and a truncation strategy (full, k, randomized)."""
+    sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
+    if pi is not None:
+        sizes["pi"] = pi
+    if truncation is None and pi is None:
+        return vjp_case(name=name, family="lstm", build=builder(t, n, d, h),
+                        forward=hidden_states, backward=lstm.backward, primals=PRIMALS,
+                        cotangent="dhs", sizes=sizes, tier=tier, dtypes=dtypes)
+
+    def manual(inputs):
+        return Grads(*lstm.backward(*_args(inputs), inputs["dhs"], truncation=truncation,
+                                    xi=inputs.get("xi")))
+
+    def reference(inputs):
+        def forward(*primals):
+            return reference_forward(*primals, truncation=truncation, xi=inputs.get("xi"))[0]
+        return Grads(*autodiff.vjp(forward, _args(inputs), inputs["dhs"]))
+
+    return Case(name=name, family="lstm", build=builder(t, n, d, h, pi), manual=manual,
+                reference=reference, sizes=sizes, tier=tier, dtypes=dtypes)
+
+
+# (name, T, N, D, H, truncation, pi, tier): T in {1, 2, odd, 100}; truncation None, 1,
+# a k that does not divide T, k >= T; N = 1; randomized alone and composed. The "test"
+# tier covers each of those once (a compile per row is the cost of make test); "slow"
+# has the rest.
+CASES = (
+    ("T7", 7, 3, 4, 5, None, None, "test"),
+    ("T1", 1, 3, 2, 4, None, None, "slow"),
+    ("T2-N1", 2, 1, 3, 4, None, None, "slow"),
+    ("T100", 100, 2, 3, 4, None, None, "slow"),
+    ("T1-k1", 1, 2, 3, 4, 1, None, "test"),
+    ("T7-k1", 7, 3, 4, 5, 1, None, "test"),
+    ("T7-k3", 7, 3, 4, 5, 3, None, "slow"),
+    ("T7-k7", 7, 3, 4, 5, 7, None, "slow"),
+    ("T2-N1-k5", 2, 1, 3, 4, 5, None, "test"),
+    ("T100-k30", 100, 2, 3, 4, 30, None, "test"),
+    ("T100-N1-k1", 100, 1, 3, 4, 1, None, "slow"),
+    ("T7-xi0.5", 7, 3, 4, 5, None, 0.5, "test"),
+    ("T100-xi0.8", 100, 2, 3, 4, None, 0.8, "slow"),
+    ("T7-k3-xi0.5", 7, 3, 4, 5, 3, 0.5, "test"),
+    ("T100-N16-H32", 100, 16, 8, 32, None, None, "slow"),
+    ("T100-N16-H32-k10", 100, 16, 8, 32, 10, None, "slow"),
+    ("T100-N16-H32-xi0.7", 100, 16, 8, 32, None, 0.7, "slow"),
+    ("T100-N32-H128", 100, 32, 64, 128, None, None, "report"),
+    ("T100-N32-H128-k20", 100, 32, 64, 128, 20, None, "report"),
+)
+
+for label, t, n, d, h, k, pi, tier in CASES:
+    register(bptt_case(f"lstm/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
+
+# The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
+register(bptt_case("lstm/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
