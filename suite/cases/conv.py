@@ -1,0 +1,180 @@
+"""Convolution cases: manual.conv and manual.im2col against jax.vjp of conv2d.
+
+Both implementations of the backward pass are checked against the same oracle (jax.vjp
+of manual.conv.conv2d, which is ``lax.conv_general_dilated``) and the float64
+finite-difference witness on <dY, conv2d(x, w, b)>. ``ConvConfig`` and ``draw_config``
+define the sweep space; the hypothesis sweep in suite/tests/test_conv.py draws from it
+and builds its cases with ``conv_case``, the same constructor as the entries here.
+"""
+
+import dataclasses
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from manual import conv, im2col
+from suite.cases import Family, register, register_family
+from suite.cases._common import normal, split, vjp_case
+
+register_family(Family(
+    name="conv",
+    title="Convolution (filtering) with stride, padding, dilation, groups",
+    description="Y = X ⋆ W + b (NCHW, OIHW, torch semantics). dX: dY dilated by the "
+                "stride, padded by (k−1)·d − p (+ the stride's remainder), correlated "
+                "with the flipped, in/out-transposed kernel; dW: the padded input "
+                "correlated with dY; db = Σ dY (Bouvrie, filtering layers). Cases "
+                "`conv/...` use manual.conv (lax.conv_general_dilated as a forward "
+                "primitive); `conv/im2col/...` use manual.im2col (patches as a matrix: "
+                "two matrix products and a col2im scatter-add). Both against jax.vjp of "
+                "conv2d; `conv/sweep-k` are fixed draws from the hypothesis sweep's space.",
+))
+
+def host_normal(key, shape, dtype, scale=1.0):
+    """``normal(key, shape, dtype, scale)``'s distribution, drawn over a power-of-two
+    length and cut to ``shape`` on the host.
+
+    jax.random compiles once per shape (about a second each on a loaded CPU, more than
+    the convolution under test); a sweep over many small shapes would spend its time
+    there. Drawing a bucketed length compiles once per bucket and dtype instead.
+    """
+    size = int(np.prod(shape))
+    length = max(64, 1 << max(size - 1, 0).bit_length())
+    flat = np.asarray(normal(key, (length,), dtype, scale))
+    return jnp.asarray(flat[:size].reshape(shape))
+
+
+IMPLEMENTATIONS = {
+    "lax": conv.conv2d_backward,
+    "im2col": im2col.conv2d_im2col_backward,
+}
+
+
+def _int_or_pair(pair):
+    """Equal entries as an int: the sweep exercises both forms of the arguments."""
+    return pair[0] if pair[0] == pair[1] else tuple(pair)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvConfig:
+    n: int
+    c_in: int
+    c_out: int
+    size: tuple      # (H, W)
+    kernel: tuple    # (k_h, k_w)
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+    @property
+    def kwargs(self):
+        return dict(stride=_int_or_pair(self.stride), padding=_int_or_pair(self.padding),
+                    dilation=_int_or_pair(self.dilation), groups=self.groups)
+
+    @property
+    def sizes(self):
+        return dict(N=self.n, C=f"{self.c_in}->{self.c_out}", HW="x".join(map(str, self.size)),
+                    k="x".join(map(str, self.kernel)), s=_int_or_pair(self.stride),
+                    p=_int_or_pair(self.padding), d=_int_or_pair(self.dilation),
+                    g=self.groups)
+
+    def build(self, key, dtype):
+        k = split(key, "x w b dy".split())
+        (h, w), (kh, kw) = self.size, self.kernel
+        out = tuple((s + 2 * p - (k - 1) * d - 1) // st + 1 for s, p, k, d, st in
+                    zip(self.size, self.padding, self.kernel, self.dilation, self.stride))
+        fan_in = self.c_in // self.groups * kh * kw
+        return dict(x=host_normal(k["x"], (self.n, self.c_in, h, w), dtype),
+                    w=host_normal(k["w"], (self.c_out, self.c_in // self.groups, kh, kw),
+                                  dtype, fan_in ** -0.5),
+                    b=host_normal(k["b"], (self.c_out,), dtype),
+                    dy=host_normal(k["dy"], (self.n, self.c_out) + out, dtype))
+
+
+def conv_case(name, config, *, implementation="lax", **kwargs):
+    """A vjp_case for ``config`` whose manual side is ``implementation``'s backward."""
+    return vjp_case(
+        name=name, family="conv", build=config.build,
+        forward=functools.partial(conv.conv2d, **config.kwargs),
+        backward=functools.partial(IMPLEMENTATIONS[implementation], **config.kwargs),
+        primals=("x", "w", "b"), sizes=config.sizes, **kwargs)
+
+
+def draw_config(integer):
+    """A random valid ConvConfig; ``integer(lo, hi)`` draws from [lo, hi] inclusive.
+
+    With a numpy Generator or a hypothesis ``draw`` behind ``integer`` this is one
+    sweep space: 1 to 3 groups, 1x1 to 4x4 kernels (non-square too), strides up to 4
+    (larger than the kernel too), dilation up to 3, padding up to 3 (also more than
+    (k - 1)·d, which makes dX's padding negative: a crop), H and W from the smallest
+    that fits the dilated kernel up to 5 more, and 1 to 3 images.
+    """
+    groups = integer(1, 3)
+    kernel = (integer(1, 4), integer(1, 4))
+    stride = (integer(1, 4), integer(1, 4))
+    dilation = (integer(1, 3), integer(1, 3))
+    padding = (integer(0, 3), integer(0, 3))
+    size = tuple(max(1, (k - 1) * d + 1 - 2 * p) + integer(0, 5)
+                 for k, d, p in zip(kernel, dilation, padding))
+    return ConvConfig(n=integer(1, 3), c_in=groups * integer(1, 3),
+                      c_out=groups * integer(1, 3), size=size, kernel=kernel,
+                      stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+# (label, config, implementations, tier): the arguments one at a time, then together.
+NAMED = (
+    ("basic", ConvConfig(2, 3, 4, (8, 8), (3, 3), padding=(1, 1)), ("lax", "im2col"), "test"),
+    ("stride2-remainder", ConvConfig(2, 3, 4, (8, 7), (3, 3), stride=(2, 2), padding=(1, 1)),
+     ("lax", "im2col"), "test"),
+    ("stride-gt-kernel", ConvConfig(1, 2, 3, (10, 11), (2, 2), stride=(3, 4)), ("lax",), "test"),
+    ("dilation", ConvConfig(2, 2, 3, (9, 7), (3, 3), padding=(2, 2), dilation=(2, 2)),
+     ("lax", "im2col"), "test"),
+    ("groups", ConvConfig(2, 4, 6, (7, 6), (3, 2), padding=(1, 0), groups=2),
+     ("lax", "im2col"), "test"),
+    ("depthwise", ConvConfig(2, 3, 6, (6, 6), (3, 3), stride=(2, 2), padding=(1, 1), groups=3),
+     ("lax",), "test"),
+    ("1x1-pad", ConvConfig(2, 3, 2, (5, 4), (1, 1), stride=(2, 1), padding=(1, 1)),
+     ("lax", "im2col"), "test"),
+    ("all1", ConvConfig(1, 1, 1, (1, 1), (1, 1)), ("lax",), "test"),
+    ("kernel-fills-input", ConvConfig(2, 2, 3, (3, 4), (5, 4), padding=(1, 0)), ("lax",), "test"),
+    ("mixed-pairs", ConvConfig(1, 4, 2, (5, 13), (2, 3), stride=(1, 2), padding=(2, 0),
+                               dilation=(1, 3), groups=2), ("lax", "im2col"), "test"),
+    ("large", ConvConfig(8, 16, 32, (32, 32), (3, 3), padding=(1, 1)), ("lax", "im2col"),
+     "report"),
+    ("large-s2-g4", ConvConfig(8, 32, 32, (33, 33), (3, 3), stride=(2, 2), padding=(1, 1),
+                               groups=4), ("lax", "im2col"), "report"),
+)
+
+
+NAMED_CONFIGS = {label: config for label, config, _, _ in NAMED}
+
+# Draws of the hypothesis sweep in suite/tests/test_conv.py, per implementation (each in
+# float32 and float64): "test" in every `make test`, "slow" behind the slow marker.
+SWEEP_EXAMPLES = {"test": 40, "slow": 200}
+
+
+def _name(label, implementation):
+    return f"conv/{label}" if implementation == "lax" else f"conv/im2col/{label}"
+
+
+for label, config, implementations, tier in NAMED:
+    for implementation in implementations:
+        register(conv_case(_name(label, implementation), config,
+                           implementation=implementation, tier=tier))
+
+# A fixed, reproducible sample of the sweep space for the report (the hypothesis sweep
+# itself lives in the tests): 32 draws, each with both implementations.
+_rng = np.random.default_rng(20240607)
+SWEEP = tuple(draw_config(lambda lo, hi: int(_rng.integers(lo, hi + 1))) for _ in range(32))
+for k, config in enumerate(SWEEP):
+    for implementation in ("lax", "im2col"):
+        register(conv_case(_name(f"sweep-{k}", implementation), config,
+                           implementation=implementation, tier="slow"))
+
+# The benchmark of the issue: N=32, 64 -> 64 channels, 32x32, 3x3, stride 1 and 2.
+for s in (1, 2):
+    config = ConvConfig(32, 64, 64, (32, 32), (3, 3), stride=(s, s), padding=(1, 1))
+    for implementation in ("lax", "im2col"):
+        register(conv_case(_name(f"bench-s{s}", implementation), config,
+                           implementation=implementation, tier="bench"))
