@@ -126,6 +126,12 @@ NAMED = (
     ("large", PoolConfig(8, 16, (32, 32), (3, 3), (2, 2), (1, 1)), "report"),
 )
 
+NAMED_CONFIGS = {label: config for label, config, _ in NAMED}
+
+# Draws of the hypothesis sweep in suite/tests/test_pool.py, per kind (each in float32
+# and float64): "test" in every `make test`, "slow" behind the slow marker.
+SWEEP_EXAMPLES = {"test": 40, "slow": 200}
+
 for label, config, tier in NAMED:
     for kind in KINDS:
         register(pool_case(f"pool/{kind}/{label}", config, kind, tier=tier))
