@@ -123,25 +123,27 @@ def backprop(params, a, z, y, *, activation, loss, l2=0.0, input_costate=False):
     """The costate recursion over stored forward stages (``a, z = stages(params, x)``).
 
     Read as a discrete-time optimal-control problem (Mizutani, Dreyfus & Nishio, after
-    Kelley and Bryson), layer l is stage l, its parameters θ_l = (W_l, b_l) are the
-    stage's decision, the pre-activations z_l are the state, and the transition is::
+    Kelley and Bryson): layer l is stage l, its parameters θ_l = (W_l, b_l) are the
+    stage's decision, the pre-activations z_l are the state, and the stages are::
 
-        z_{l+1} = F_l(z_l, θ_{l+1}) = f(z_l) W_{l+1} + b_{l+1},
-        E = Φ(z_L) + Σ_l g_l(θ_l),   Φ = loss(·, y),   g_l = ½ λ ||W_l||².
+        z_1 = x W_1 + b_1,   z_{l+1} = F_{l+1}(z_l, θ_{l+1}) = f(z_l) W_{l+1} + b_{l+1}
+        E = Φ(z_L) + Σ_l g_l(θ_l),   Φ = loss(·, y) (terminal),   g_l = ½ λ ||W_l||²
 
-    The Kelley-Bryson gradient formula propagates costates λ_l = ∂E/∂z_l (the
-    "ordered derivative" of E with respect to the state) backward, stage by stage,
-    from the terminal condition, and reads each decision's gradient off the costate
-    of the stage it drives::
+    The Kelley-Bryson gradient formula propagates the costate of each stage's state,
+    the ordered derivative δ_l = ∂⁺E/∂z_l (through every later stage), backward from
+    the terminal condition, and reads each decision's gradient off the costate of the
+    state it drives::
 
-        λ_L = ∂Φ/∂z_L
-        λ_l = (∂F_l/∂z_l)ᵀ λ_{l+1}   = f'(z_l) ⊙ (λ_{l+1} W_{l+1}ᵀ)
-        ∂E/∂θ_l = ∂g_l/∂θ_l + (∂F_{l-1}/∂θ_l)ᵀ λ_l:
-            ∂E/∂W_l = a_{l-1}ᵀ λ_l + λ W_l,   ∂E/∂b_l = Σₙ λ_l,n
+        δ_L = ∂Φ/∂z_L                                              terminal condition
+        δ_l = (∂F_{l+1}/∂z_l)ᵀ δ_{l+1} = f'(z_l) ⊙ (δ_{l+1} W_{l+1}ᵀ)    costate equation
+        ∂E/∂θ_l = ∂g_l/∂θ_l + (∂z_l/∂θ_l)ᵀ δ_l:                       gradient formula
+            ∂E/∂W_l = a_{l-1}ᵀ δ_l + λ W_l,   ∂E/∂b_l = Σₙ δ_l,n
 
-    These costates are backprop's deltas, δ_l = λ_l: backpropagation is the
-    Kelley-Bryson formula for this particular stagewise system, and the backward pass
-    costs one pass over the stages, as the forward does.
+    So backprop's deltas are exactly the costates, and the backward pass is one sweep
+    over the stages, as the forward is. (With the activations a_l as the state, as in
+    the paper, the costate is ∂E/∂a_l = δ_{l+1} W_{l+1}ᵀ and δ_l = f'(z_l) ⊙ ∂E/∂a_l:
+    the same recursion cut at the other point of each stage.) f'(z_l) comes from the
+    kept a_l where it can (``Activation.df_from``).
 
     Args:
       params: tuple of (w, b) pairs, w: (n_{l-1}, n_l), b: (n_l,).
@@ -152,12 +154,16 @@ def backprop(params, a, z, y, *, activation, loss, l2=0.0, input_costate=False):
       loss: a name in manual.losses.LOSSES.
       l2: λ, the weight-decay coefficient (weights only).
       input_costate: also return ∂E/∂x = δ_1 W_1ᵀ (skipped by default: a training
-        step does not need it, and it is the largest product of the first layer).
+        step does not need it, and it costs as many flops as ∂E/∂W_1).
 
     Returns:
       grads, a tuple of (dw, db) pairs shaped like params; with ``input_costate``,
       (grads, dx) with dx: (N, n_0).
     """
+    check_params(params, a[0])
+    if len(a) != len(params) or len(z) != len(params):
+        raise ValueError(f"a and z must hold one entry per layer ({len(params)}), as stages "
+                         f"returns them, got {len(a)} and {len(z)}")
     f = _activations.get(activation)
     delta = _losses.get(loss).grad(z[-1], y)  # δ_L = ∂E/∂z_L
     grads, dx = [], None

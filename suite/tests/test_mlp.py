@@ -213,3 +213,10 @@ def test_bad_input_is_caught_at_trace_time_under_jit():
     bad = ((w1, b1[:2]),) + rest
     with pytest.raises(ValueError, match=r"params\[0\] b must have shape"):
         jax.jit(lambda p: mlp.grad(p, x, y, activation="tanh", loss="softmax_cross_entropy"))(bad)
+
+
+def test_backprop_needs_one_stage_per_layer():
+    params, x, y = _net()
+    a, z = mlp.stages(params, x, activation="tanh")
+    with pytest.raises(ValueError, match=r"a and z must hold one entry per layer \(3\), .* got 2 and 3"):
+        mlp.backprop(params, a[:2], z, y, activation="tanh", loss="softmax_cross_entropy")
