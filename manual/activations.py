@@ -33,14 +33,13 @@ Example::
     [1.0, 1.0]
 """
 
-import math
-
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 LEAKY_SLOPE = 0.01
 _GELU_A = 0.044715
-_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_C = float(np.sqrt(2.0 / np.pi))
 
 
 class Activation:
