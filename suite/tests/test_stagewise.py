@@ -32,7 +32,7 @@ def _layout(params):
 
 def test_hessian_is_symmetric():
     i = _inputs(depth=4)
-    h = np.asarray(stagewise.hessian(i["params"], i["x"], i["y"], **KW))
+    h = np.asarray(jax.jit(lambda i: stagewise.hessian(i["params"], i["x"], i["y"], **KW))(i))
     offsets, sizes = _layout(i["params"])
     for l in range(len(sizes)):  # off-diagonal blocks are mirrored: exactly transposed
         for m in range(l + 1, len(sizes)):
@@ -42,13 +42,12 @@ def test_hessian_is_symmetric():
     assert np.linalg.norm(h - h.T) <= 1e-15 * np.linalg.norm(h)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("chunk_bytes", [1, 3000])  # one sample per chunk; 3 per chunk, padded
+@pytest.mark.parametrize("dtype,chunk_bytes", [("float64", 1), ("float32", 3000)])  # one sample per chunk; 3 per chunk, padded
 def test_sample_chunking_matches_jax_hessian(dtype, chunk_bytes):
     i = _inputs(dtype, depth=3, n=7)
-    h = stagewise._curvature(i["params"], i["x"], i["y"], **KW, f2=True, cross=True,
-                             chunk_bytes=chunk_bytes)
-    ref = autodiff.hessian(mlp.loss, i["params"], i["x"], i["y"], **KW)
+    h = jax.jit(lambda i: stagewise._curvature(i["params"], i["x"], i["y"], **KW, f2=True,
+                                               cross=True, chunk_bytes=chunk_bytes))(i)
+    ref = jax.jit(lambda i: autodiff.hessian(mlp.loss, i["params"], i["x"], i["y"], **KW))(i)
     assert stagewise._chunks(7, 1000, chunk_bytes)[0] > 1  # the chunked path really runs
     result = cmp.compare(h, ref, dtype)
     assert result.passed, result.message
@@ -58,10 +57,10 @@ def test_sample_chunking_matches_jax_hessian(dtype, chunk_bytes):
 def test_dtype_is_preserved():
     i = _inputs("float32")
     v = jax.tree_util.tree_map(jnp.ones_like, i["params"])
-    assert stagewise.hessian(i["params"], i["x"], i["y"], **KW).dtype == jnp.float32
-    assert stagewise.gauss_newton(i["params"], i["x"], i["y"], **KW).dtype == jnp.float32
-    assert all(t.dtype == jnp.float32 for t in jax.tree_util.tree_leaves(
-        stagewise.hvp(i["params"], i["x"], i["y"], v, **KW)))
+    for fn in (stagewise.hessian, stagewise.gauss_newton):
+        assert jax.jit(lambda i: fn(i["params"], i["x"], i["y"], **KW))(i).dtype == jnp.float32
+    hv = jax.jit(lambda i, v: stagewise.hvp(i["params"], i["x"], i["y"], v, **KW))(i, v)
+    assert all(t.dtype == jnp.float32 for t in jax.tree_util.tree_leaves(hv))
 
 
 def test_gauss_newton_is_hessian_without_residual_terms_for_linear_net():
@@ -74,8 +73,9 @@ def test_gauss_newton_is_hessian_without_residual_terms_for_linear_net():
 
 def test_l2_touches_only_weight_coordinates():
     i = _inputs()
-    diff = np.asarray(stagewise.hessian(i["params"], i["x"], i["y"], **dict(KW, l2=0.5))
-                      - stagewise.hessian(i["params"], i["x"], i["y"], **dict(KW, l2=0.0)))
+    h = lambda l2: jax.jit(lambda i: stagewise.hessian(i["params"], i["x"], i["y"],
+                                                      **dict(KW, l2=l2)))(i)
+    diff = np.asarray(h(0.5) - h(0.0))
     offsets, sizes = _layout(i["params"])
     expected = np.zeros(diff.shape[0])
     for (w, _), off in zip(i["params"], offsets):
@@ -89,8 +89,9 @@ def test_relu_kink_convention_follows_jax():
               (jnp.array([[2.0], [3.0]]), jnp.array([0.1])))
     x, y = jnp.array([[0.0], [1.0]]), jnp.array([[0.3], [-0.2]])
     kw = dict(activation="relu", loss="mse")
-    h = stagewise.hessian(params, x, y, **kw)
-    ref = jax.hessian(lambda f: _relu_loss(f, x, y))(jax.flatten_util.ravel_pytree(params)[0])
+    h = jax.jit(lambda p: stagewise.hessian(p, x, y, **kw))(params)
+    ref = jax.jit(jax.hessian(lambda f: _relu_loss(f, x, y)))(
+        jax.flatten_util.ravel_pytree(params)[0])
     np.testing.assert_allclose(h, ref, rtol=0, atol=1e-15)
 
 
