@@ -25,9 +25,7 @@ T, N, D, H = 7, 3, 4, 5
 
 @functools.lru_cache(maxsize=None)
 def _inputs(t=T, n=N, d=D, h=H, dtype="float64", seed=0):
-    # one compiled draw per shape instead of a dispatch (and compile) per eager op
-    build = jax.jit(rnn_cases.builder(t, n, d, h), static_argnums=1)
-    return build(jax.random.PRNGKey(seed), dtype)
+    return rnn_cases.builder(t, n, d, h)(jax.random.PRNGKey(seed), dtype)
 
 
 def _np(tree):
@@ -125,18 +123,16 @@ def test_forward_matches_numpy_and_the_reference_forward():
     inp = _inputs()
     args = (inp["params"], inp["xs"], inp["h0"])
     xi = jnp.asarray([0.0, 2, 2, 0, 2, 0, 2])
-    # the stop-gradient forwards of the oracle change no value
-    hs, *refs = jax.jit(lambda *a: [rnn.forward(*a), rnn_cases.reference_forward(*a),
-                                    rnn_cases.reference_forward(*a, truncation=3),
-                                    rnn_cases.reference_forward(*a, xi=xi)])(*args)
+    hs, ref = jax.jit(lambda *a: (rnn.forward(*a),
+                                  rnn_cases.reference_forward(*a, truncation=3, xi=xi)))(*args)
     np.testing.assert_allclose(hs, np_forward(*_np(args)), rtol=1e-13, atol=1e-14)
-    for ref in refs:
-        np.testing.assert_allclose(ref, hs, rtol=1e-13, atol=1e-14)
+    # the oracle's stop-gradient forward is a textbook forward and changes no value
+    np.testing.assert_allclose(ref, hs, rtol=1e-13, atol=1e-14)
 
 
 def test_dtype_is_preserved():
     # eval_shape traces the whole computation (every scan carry must keep its dtype)
-    inp = jax.eval_shape(lambda: _inputs(dtype="float32"))
+    inp = _inputs(dtype="float32")
     xi = jax.ShapeDtypeStruct((T,), jnp.float32)
     assert jax.eval_shape(rnn.forward, inp["params"], inp["xs"], inp["h0"]).dtype == jnp.float32
     out = jax.eval_shape(lambda xi, *a: rnn.backward(*a, truncation=2, xi=xi),
@@ -200,9 +196,8 @@ def test_registered_randomized_cases_draw_a_mix_of_cut_and_kept_steps():
     drawn = [(case, dtype) for case in registry.cases(family="rnn", tiers=("test", "slow"))
              if "pi" in case.sizes for dtype in case.dtypes]
     assert drawn
-    xis = jax.jit(lambda: [case.build(jax.random.PRNGKey(case.seed), dtype)["xi"]
-                           for case, dtype in drawn])()  # one compile for all of them
-    for (case, dtype), xi in zip(drawn, xis):
+    for case, dtype in drawn:
+        xi = np.asarray(case.build(jax.random.PRNGKey(case.seed), dtype)["xi"])
         assert (xi == 0).any() and (xi > 0).any(), f"{case.name} {dtype}: {xi}"
 
 
@@ -210,56 +205,63 @@ def _flat(tree):
     return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
 
 
-def test_randomized_truncation_is_exactly_unbiased():
+STEPS, PI, K = 5, 0.6, 4096
+
+
+@pytest.fixture(scope="module")
+def randomized():
+    """Flat gradients for every xi of one batch, under a single compile.
+
+    Rows: the 2^T patterns of kept/cut steps (weights 1/pi or 0), K draws of
+    randomized_weights, the same K draws times pi (a biased estimator: weights 1 or 0),
+    and all ones (full BPTT: multiplying by 1.0 is exact).
+    """
+    args = tuple(_inputs(t=STEPS, n=2, d=2, h=3)[k] for k in ("params", "xs", "h0", "dhs"))
+    patterns = np.array(list(itertools.product([0.0, 1.0], repeat=STEPS)))
+    keys = jax.random.split(jax.random.PRNGKey(42), K)
+    draws = jax.vmap(lambda key: rnn.randomized_weights(key, STEPS, PI, dtype=jnp.float64))(keys)
+    xis = jnp.concatenate([jnp.asarray(patterns / PI), draws, PI * draws, jnp.ones((1, STEPS))])
+    grads = np.asarray(jax.jit(jax.vmap(lambda xi: _flat(rnn.backward(*args, xi=xi))))(xis))
+    p = len(patterns)
+    return dict(patterns=patterns, exact=grads[:p], mc=grads[p:p + K],
+                biased=grads[p + K:p + 2 * K], full=grads[-1])
+
+
+def test_randomized_truncation_is_exactly_unbiased(randomized):
     # E over all 2^T patterns of xi, each weighted by its probability, is full BPTT
-    steps, pi = 5, 0.6
-    inp = _inputs(t=steps)
-    args = (inp["params"], inp["xs"], inp["h0"], inp["dhs"])
-    keep = np.array(list(itertools.product([0.0, 1.0], repeat=steps)))
-    prob = np.prod(np.where(keep > 0, pi, 1 - pi), axis=1)
-    grads = jax.jit(jax.vmap(lambda xi: _flat(rnn.backward(*args, xi=xi))))(jnp.asarray(keep / pi))
-    expectation = jnp.asarray(prob) @ grads
-    full = _flat(rnn.backward(*args))
-    assert float(jnp.linalg.norm(expectation - full) / jnp.linalg.norm(full)) < 1e-13
+    prob = np.prod(np.where(randomized["patterns"] > 0, PI, 1 - PI), axis=1)
+    assert prob.sum() == pytest.approx(1.0, abs=1e-15)
+    full = randomized["full"]
+    expectation = prob @ randomized["exact"]
+    assert np.linalg.norm(expectation - full) / np.linalg.norm(full) < 1e-13
 
 
-def test_randomized_truncation_mean_over_keys_approaches_full_bptt():
+def test_randomized_truncation_mean_over_keys_approaches_full_bptt(randomized):
     """Monte Carlo over K keys drawn by randomized_weights itself.
 
     Statistic: for each gradient coordinate j, z_j = (mean_K g_j - full_j) / (s_j / sqrt(K))
     with s_j the per-key sample standard deviation. For an unbiased estimator z_j is
     approximately standard normal (K = 4096, the weights are bounded by pi^-T ≈ 13), so we
-    require max_j |z_j| < 5 over the ~60 coordinates (chance of a false alarm ~ 4e-5).
-    A biased estimator (weights 1 instead of 1/pi) gives z in the tens. The normwise error
-    of the mean is also checked against its own 5-sigma bound 5 sqrt(sum_j s_j^2 / K), at
-    K = 256 and 4096: the bound, and the error with it, shrink like 1/sqrt(K).
+    require max_j |z_j| < 5 over the ~50 random coordinates (chance of a false alarm
+    ~ 3e-5). A biased estimator (weights 1 instead of 1/pi) gives z in the tens. The
+    normwise error of the mean is also checked against its own 5-sigma bound
+    5 sqrt(sum_j s_j^2 / K), at K = 256 and 4096: the bound, and the error with it,
+    shrink like 1/sqrt(K).
     """
-    steps, pi, k = 5, 0.6, 4096
-    inp = _inputs(t=steps, n=2, d=2, h=3)
-    args = (inp["params"], inp["xs"], inp["h0"], inp["dhs"])
-    full = np.asarray(_flat(rnn.backward(*args)))
-
-    @jax.jit
-    def sample(keys, scale):
-        def one(key):
-            return _flat(rnn.backward(*args, xi=scale * rnn.randomized_weights(key, steps, pi, dtype=jnp.float64)))
-        return jax.vmap(one)(keys)
-
-    keys = jax.random.split(jax.random.PRNGKey(42), k)
-    grads = np.asarray(sample(keys, 1.0))
+    grads, full = randomized["mc"], randomized["full"]
     mean, std = grads.mean(0), grads.std(0, ddof=1)
     # coordinates no xi reaches (e.g. dx at the last step) are deterministic: exact there
     random = std > 1e-9 * np.abs(full).max()
     assert 0 < random.sum() < random.size
     np.testing.assert_allclose(mean[~random], full[~random], rtol=1e-12, atol=1e-15)
-    z = (mean[random] - full[random]) / (std[random] / np.sqrt(k))
+    z = (mean[random] - full[random]) / (std[random] / np.sqrt(K))
     assert np.max(np.abs(z)) < 5.0, np.max(np.abs(z))
-    for kk in (256, 4096):
-        err = np.linalg.norm(grads[:kk].mean(0) - full)
-        assert err < 5 * np.sqrt(np.sum(grads[:kk].var(0, ddof=1)) / kk), kk
+    for k in (256, K):
+        err = np.linalg.norm(grads[:k].mean(0) - full)
+        assert err < 5 * np.sqrt(np.sum(grads[:k].var(0, ddof=1)) / k), k
     # the same statistic does reject a biased estimator (xi in {0, 1} instead of {0, 1/pi})
-    biased = np.asarray(sample(keys, pi))[:, random]
-    z_biased = (biased.mean(0) - full[random]) / (biased.std(0, ddof=1) / np.sqrt(k))
+    biased = randomized["biased"][:, random]
+    z_biased = (biased.mean(0) - full[random]) / (biased.std(0, ddof=1) / np.sqrt(K))
     assert np.max(np.abs(z_biased)) > 5.0
 
 
