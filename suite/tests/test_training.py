@@ -5,8 +5,6 @@ then 100 SGD steps on two spirals from the same start, manual gradient against
 jax.grad, must follow the same trajectory (float64) while the loss really falls.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,18 +74,19 @@ def study():
 
 def test_manual_and_autodiff_training_follow_the_same_trajectory(study):
     # Both runs take the same 100 steps; the gradients agree to ~1e-16 relative at each
-    # step, and 100 steps of SGD at this learning rate amplify that to ~1e-12 (measured
-    # 9e-13). A gradient wrong by 1e-6 relative would drift by more than 1e-8.
+    # step and SGD at this learning rate is stable, so the drift stays at rounding level
+    # (measured 1.6e-16 at the end). 1e-10 leaves room for another platform's rounding;
+    # a gradient off by 1e-6 relative drifts past it (test_trajectory_comparison_can_fail).
     assert study.drift[-1] <= 1e-10, study.drift[-1]
     assert np.all(study.drift <= 1e-10)
     np.testing.assert_allclose(study.losses_manual, study.losses_autodiff, rtol=1e-10)
 
 
 def test_the_loss_really_falls(study):
-    # Start 0.741. No linear classifier does better than 0.569 on these spirals
-    # (logistic regression trained to convergence), so a loss below 0.45 needs the hidden
-    # layers to have learned the curvature; measured 0.302 (accuracy 91%).
-    assert study.losses_manual[0] > math.log(2.0)
+    # No linear classifier does better than 0.569 on these spirals (logistic regression
+    # trained to convergence), so a loss below 0.45 needs the hidden layers to have
+    # learned the curvature; measured 0.613 -> 0.355 (accuracy 91%).
+    assert study.losses_manual[0] > 0.569  # the start is no better than a linear model
     assert study.final_loss_manual < 0.45, study.final_loss_manual
     assert study.accuracy >= 0.8, study.accuracy
 
