@@ -61,8 +61,6 @@ Example::
     [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
 """
 
-import collections
-
 import jax.numpy as jnp
 from jax import lax
 
@@ -73,8 +71,20 @@ _RANKS = {"x": 4, "w": 4, "b": 1, "dy": 4}
 _NCHW = ("NCHW", "OIHW", "NCHW")
 HIGHEST = lax.Precision.HIGHEST
 
-Geometry = collections.namedtuple(
-    "Geometry", "stride padding dilation groups kernel out remainder")
+class Geometry:
+    """A convolution's static configuration as pairs, with its output size and the
+    remainder lost to the stride (manual._windows), per spatial axis."""
+    FIELDS = ("stride", "padding", "dilation", "groups", "kernel", "out", "remainder")
+
+    def __init__(self, stride, padding, dilation, groups, kernel, out, remainder):
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.kernel, self.out, self.remainder = kernel, out, remainder
+
+    def replace(self, **changes):
+        return Geometry(**{**{f: getattr(self, f) for f in self.FIELDS}, **changes})
+
+    def __repr__(self):
+        return "Geometry(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.FIELDS) + ")"
 
 
 def geometry(x, w, b, dy=None, *, stride=1, padding=0, dilation=1, groups=1):
