@@ -141,7 +141,7 @@ def report_section(out_dir):
         "start twice: with the costate recursion as the gradient (suite/custom_grad.py, a "
         "jax.custom_vjp) and with jax.grad.",
         "",
-        "| step | loss (manual) | loss (jax.grad) | parameter drift |",
+        "| step | loss before it (manual) | loss before it (jax.grad) | drift after it |",
         "|---:|---:|---:|---:|",
     ]
     for i in (0, 24, 49, 74, STEPS - 1):
@@ -151,8 +151,11 @@ def report_section(out_dir):
         "",
         f"Loss {study.losses_manual[0]:.4f} → {study.final_loss_manual:.4f} after {STEPS} "
         f"steps (jax.grad: {study.final_loss_autodiff:.4f}); training accuracy "
-        f"{study.accuracy:.0%}. The parameter drift is "
-        "||θ_manual − θ_autodiff|| / ||θ_autodiff|| after each step.",
+        f"{study.accuracy:.0%}. The drift is ||θ_manual − θ_autodiff|| / ||θ_autodiff||; "
+        "it stays at rounding level because SGD is stable at this learning rate (at 0.5 "
+        "the run reaches the edge of stability and any rounding difference doubles per "
+        "step, whichever gradient is used). suite/tests/test_training.py asserts drift "
+        "<= 1e-10 and a final loss below 0.45 (the best linear classifier reaches 0.569).",
     ]
     try:
         _plot(study, os.path.join(out_dir, "mlp_training.png"))
