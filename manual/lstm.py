@@ -90,8 +90,13 @@ def _check(params, xs, h0, c0, dhs=None):
                          f"got {dhs.shape}")
 
 
-def _forward(params, xs, h0, c0):
-    """(hs, cs, gates): gates (T, N, 4H) are the activated i, f, g, o."""
+def _forward(params, xs, h0, c0, *, residuals=False):
+    """(hs, cs), or with ``residuals`` (hs, factors, f, o_tanh_prime): what backward needs.
+
+    The residuals are the parts of the backward step that do not depend on the carried
+    adjoints, computed where the gates already are: with dc and dh the adjoints of c_t
+    and h_t, delta_t = [dc, dc, dc, dh] * factors and dc = gc + dh * o_tanh_prime.
+    """
     t, n, d = xs.shape
     h = h0.shape[1]
     # the input projection does not depend on the recurrence: one (T·N, D)(D, 4H) product
@@ -104,11 +109,19 @@ def _forward(params, xs, h0, c0):
         i, f, o = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h]), _sigmoid(z[:, 3 * h:])
         g = jnp.tanh(z[:, 2 * h:3 * h])
         c_t = f * c_prev + i * g
-        h_t = o * jnp.tanh(c_t)
-        return (h_t, c_t), (h_t, c_t, jnp.concatenate([i, f, g, o], axis=1))
+        tanh_c = jnp.tanh(c_t)
+        h_t = o * tanh_c
+        if not residuals:
+            return (h_t, c_t), (h_t, c_t)
+        factors = jnp.concatenate([g * i * (1.0 - i),            # dE/dz_i = dc * this
+                                   c_prev * f * (1.0 - f),       # dE/dz_f = dc * this
+                                   i * (1.0 - g * g),            # dE/dz_g = dc * this
+                                   tanh_c * o * (1.0 - o)],      # dE/dz_o = dh * this
+                                  axis=1)
+        return (h_t, c_t), (h_t, factors, f, o * (1.0 - tanh_c * tanh_c))
 
-    _, (hs, cs, gates) = lax.scan(step, (h0, c0), xw)
-    return hs, cs, gates
+    _, out = lax.scan(step, (h0, c0), xw)
+    return out
 
 
 def forward(params, xs, h0, c0):
@@ -124,8 +137,7 @@ def forward(params, xs, h0, c0):
       (hs, cs): every hidden and cell state, each (T, N, H), in the dtype of the arguments.
     """
     _check(params, xs, h0, c0)
-    hs, cs, _ = _forward(params, xs, h0, c0)
-    return hs, cs
+    return _forward(params, xs, h0, c0)
 
 
 def backward(params, xs, h0, c0, dhs, *, truncation=None, xi=None):
@@ -153,30 +165,22 @@ def backward(params, xs, h0, c0, dhs, *, truncation=None, xi=None):
     _bptt.check_xi(xi, steps, xs.dtype)
     omega = _bptt.adjoint_weights(steps, truncation, xi, xs.dtype)
 
-    hs, cs, gates = _forward(params, xs, h0, c0)
-    cs_prev = jnp.concatenate([c0[None], cs[:-1]])
+    hs, factors, fs, o_tanh_prime = _forward(params, xs, h0, c0, residuals=True)
     w_h_t = params["w_h"].T
 
     def step(carry, inputs):  # carry: the adjoints step t+1 sent back into h_t, c_t
         gh_t, gc_t = carry
-        dh_t, c_t, c_prev, gates_t, omega_t = inputs
-        i, f = gates_t[:, :h], gates_t[:, h:2 * h]
-        g, o = gates_t[:, 2 * h:3 * h], gates_t[:, 3 * h:]
+        dh_t, factors_t, f_t, o_tanh_prime_t, omega_t = inputs
         dh = dh_t + gh_t
-        tanh_c = jnp.tanh(c_t)
-        dc = gc_t + dh * o * (1.0 - tanh_c * tanh_c)
-        delta_t = jnp.concatenate([dc * g * i * (1.0 - i),           # through i
-                                   dc * c_prev * f * (1.0 - f),      # through f
-                                   dc * i * (1.0 - g * g),           # through g
-                                   dh * tanh_c * o * (1.0 - o)],     # through o
-                                  axis=1)
-        gh_prev, gc_prev = delta_t @ w_h_t, dc * f
+        dc = gc_t + dh * o_tanh_prime_t                   # the cell's two paths meet here
+        delta_t = jnp.concatenate([dc, dc, dc, dh], axis=1) * factors_t
+        gh_prev, gc_prev = delta_t @ w_h_t, dc * f_t
         if omega_t is not None:
             gh_prev, gc_prev = omega_t * gh_prev, omega_t * gc_prev
         return (gh_prev, gc_prev), delta_t
 
     zeros = jnp.zeros_like(h0)
-    (dh0, dc0), deltas = lax.scan(step, (zeros, zeros), (dhs, cs, cs_prev, gates, omega),
+    (dh0, dc0), deltas = lax.scan(step, (zeros, zeros), (dhs, factors, fs, o_tanh_prime, omega),
                                   reverse=True)
 
     # Shared weights: each gradient is one sum over all T·N rows, taken after the scan.
