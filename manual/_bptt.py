@@ -18,8 +18,6 @@ Time" (regular and randomized truncation); C. Tallec and Y. Ollivier, "Unbiasing
 Truncated Backpropagation Through Time" (2017).
 """
 
-import numbers
-
 import jax.numpy as jnp
 import numpy as np
 from jax import random
@@ -31,7 +29,7 @@ def check_truncation(truncation):
     """``truncation`` is None or a positive Python int (it is static under jit)."""
     if truncation is None:
         return
-    if isinstance(truncation, bool) or not isinstance(truncation, numbers.Integral):
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)):
         raise ValueError(f"truncation must be None or a positive int, got {truncation!r} "
                          f"of type {type(truncation).__name__}")
     if truncation <= 0:
@@ -84,9 +82,9 @@ def randomized_weights(key, steps, pi, *, dtype=jnp.float32):
     Returns:
       xi: (T,) array of 0 and 1/pi, in ``dtype``; pass it as ``backward(..., xi=xi)``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(pi, numbers.Real) and not 0.0 < pi <= 1.0:
+    if isinstance(pi, (int, float, np.integer, np.floating)) and not 0.0 < pi <= 1.0:
         raise ValueError(f"pi must be in (0, 1], got {pi}")
     if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
         raise ValueError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")

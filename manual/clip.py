@@ -22,9 +22,8 @@ Example::
     (5.0, [0.6, 0.8])
 """
 
-import numbers
-
 import jax.numpy as jnp
+import numpy as np
 
 from manual._checks import require_float
 
@@ -71,7 +70,7 @@ def clip_by_global_norm(grads, max_norm):
       (clipped, norm): ``clipped`` has the structure and leaf dtypes of ``grads``,
       each leaf times min(1, θ / ‖g‖); ``norm`` is ‖g‖ before clipping.
     """
-    if isinstance(max_norm, numbers.Real) and not max_norm > 0:
+    if isinstance(max_norm, (int, float, np.integer, np.floating)) and not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
     norm = global_norm(grads)
     # where, not min(1, θ/‖g‖): a zero gradient must not divide by zero

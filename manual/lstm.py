@@ -23,8 +23,11 @@ cell states get no cotangent from outside::
 
     dW_x = Σ_t x_tᵀ delta_t     dW_h = Σ_t h_{t-1}ᵀ delta_t     db = Σ_t Σ_n delta_t,n
 
-The activated gates are kept from the forward (σ' = σ(1-σ), tanh' = 1 - tanh², so no
-pre-activation is needed). omega_t = 1 is full BPTT; ``truncation=k`` sets omega_t = 0
+Everything in delta_t but the adjoints dc and dh is known in the forward: the forward
+scan of ``backward`` keeps factors_t = [g i(1-i), c_{t-1} f(1-f), i(1-g²), tanh(c_t)
+o(1-o)], f and o(1 - tanh(c_t)²) (σ' = σ(1-σ) and tanh' = 1 - tanh² from the activated
+values), so the reverse scan is delta_t = [dc, dc, dc, dh] * factors_t plus one matrix
+product per step. omega_t = 1 is full BPTT; ``truncation=k`` sets omega_t = 0
 where t is a positive multiple of k (both h and c entering those steps are cut); ``xi``
 (randomized truncation) sets omega_t = xi_t on both. The weight gradients and the input
 projection are single matrix products over all T·N rows, outside the scans.
