@@ -22,7 +22,7 @@ import numpy as np
 from manual import activations, losses, mlp
 from reference import autodiff
 from suite.cases import Case, Family, register, register_family
-from suite.cases._common import KINKED, away_from_zero, mlp_inputs, normal, split
+from suite.cases._common import KINKED, mlp_inputs, numpy_rng
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu")
 LOSSES = ("mse", "softmax_cross_entropy")
@@ -166,7 +166,8 @@ def activation_case(name, *, scale=2.5, shape=(4, 33)):
     def build(key, dtype):
         # |z| >= 0.1 for every activation (the kinked ones need it, the others don't mind);
         # the scale reaches the saturated tails of sigmoid and tanh (|z| up to ~10).
-        return dict(z=scale * away_from_zero(key, shape, dtype, margin=0.1 / scale))
+        z = numpy_rng(key).normal(size=shape)
+        return dict(z=jnp.asarray(scale * z + 0.1 * np.sign(z), dtype))
 
     def manual(inputs):
         z = inputs["z"]
@@ -189,15 +190,15 @@ for _act in ACTIVATIONS:
 # --- losses: gradient and per-sample Hessian in the logits ------------------------------
 
 def _loss_inputs(key, n, m, loss, dtype, logit_scale):
-    k = split(key, ["z", "s", "y"])
-    z = normal(k["z"], (n, m), dtype)
+    rng = numpy_rng(key)  # host-side draws: no sampler compile per shape
+    z = rng.normal(size=(n, m))
     if logit_scale:
         # levels {-1, 0, 1} x logit_scale plus O(1) offsets: ties at each level keep the
         # softmax non-trivial while the logits reach ±1e4
-        z = z + logit_scale * jax.random.randint(k["s"], (n, m), -1, 2).astype(dtype)
+        z = z + logit_scale * rng.integers(-1, 2, size=(n, m))
     if loss == "mse":
-        return dict(logits=z, y=normal(k["y"], (n, m), dtype))
-    return dict(logits=z, y=jax.random.randint(k["y"], (n,), 0, m, jnp.int32))
+        return dict(logits=jnp.asarray(z, dtype), y=jnp.asarray(rng.normal(size=(n, m)), dtype))
+    return dict(logits=jnp.asarray(z, dtype), y=jnp.asarray(rng.integers(0, m, size=(n,)), jnp.int32))
 
 
 def loss_grad_case(name, loss, n, m, *, logit_scale=0.0, tier="test"):
