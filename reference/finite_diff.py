@@ -67,10 +67,15 @@ def directional_derivative(f, x, v, *, order=1, h=None):
     return (4.0 * estimate(h / 2.0) - estimate(h)) / 3.0
 
 
-def random_direction(key, x):
-    """A standard-normal direction shaped like pytree ``x``, scaled to unit 2-norm."""
+def random_direction(seed, x):
+    """A standard-normal direction shaped like pytree ``x``, scaled to unit 2-norm.
+
+    Drawn by numpy from an integer ``seed`` (a jax.random draw would compile a sampler
+    for every new leaf shape, which costs more than a small case itself).
+    """
     leaves, treedef = jax.tree_util.tree_flatten(x)
-    keys = jax.random.split(key, len(leaves))
-    v = [jax.random.normal(k, np.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
-    norm = jnp.sqrt(sum(jnp.vdot(vi, vi) for vi in v))
-    return jax.tree_util.tree_unflatten(treedef, [vi / norm for vi in v])
+    rng = np.random.default_rng(seed)
+    v = [rng.standard_normal(np.shape(leaf)) for leaf in leaves]
+    norm = np.sqrt(sum(float(np.vdot(vi, vi)) for vi in v))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(vi / norm, jnp.result_type(leaf)) for vi, leaf in zip(v, leaves)])

@@ -2,6 +2,12 @@
 
 Every family builds its inputs with these generators so that "random input" means one
 thing across the suite: standard normal in the requested dtype, from one key.
+
+The draws are made by numpy on the host, seeded with the key's bits. ``jax.random``
+would compile a sampler for every new shape (about half a CPU-second each on this CPU,
+more than most cases under test); the distribution and the one-key reproducibility are
+the same. A float32 input is the float64 draw rounded, so both dtypes of a case solve
+the same problem.
 """
 
 import collections
@@ -14,15 +20,22 @@ from reference import autodiff
 from suite.cases import Case
 
 
+def numpy_rng(key):
+    """A numpy Generator seeded from a JAX key (raw uint32 or typed)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key).astype(np.uint64).ravel().tolist())
+
+
 def normal(key, shape, dtype, scale=1.0):
-    """Standard normal samples times ``scale``, in ``dtype``."""
-    return scale * jax.random.normal(key, shape, dtype)
+    """Standard normal samples times ``scale``, in ``dtype`` (drawn on the host)."""
+    return jnp.asarray((scale * numpy_rng(key).standard_normal(shape)).astype(dtype))
 
 
 def away_from_zero(key, shape, dtype, margin=0.1):
     """Normal samples with |z| >= margin: inputs for functions with a kink at 0."""
-    z = jax.random.normal(key, shape, dtype)
-    return jnp.where(z >= 0, z + margin, z - margin).astype(dtype)
+    z = numpy_rng(key).standard_normal(shape)
+    return jnp.asarray(np.where(z >= 0, z + margin, z - margin).astype(dtype))
 
 
 def split(key, names):
@@ -59,11 +72,6 @@ def vjp_case(*, name, family, build, forward, backward, primals, cotangent="dy",
 # --- multilayer perceptrons (mlp and stagewise families) -------------------------------
 
 KINKED = ("relu", "leaky_relu")
-
-
-def numpy_rng(key):
-    """A numpy Generator seeded from a JAX key: cheap, reproducible draws in a loop."""
-    return np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
 
 
 def mlp_params(key, widths, dtype):

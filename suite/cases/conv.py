@@ -16,7 +16,7 @@ import numpy as np
 
 from manual import conv, im2col
 from suite.cases import Family, register, register_family
-from suite.cases._common import split, vjp_case
+from suite.cases._common import normal as host_normal, split, vjp_case
 
 def implementation_of(case_name):
     return "im2col" if case_name.startswith("conv/im2col/") else "lax"
@@ -52,21 +52,6 @@ register_family(Family(
                 "conv2d; `conv/sweep-k` are fixed draws from the hypothesis sweep's space.",
     extra_section=_implementations_section,
 ))
-
-def host_normal(key, shape, dtype, scale=1.0):
-    """Standard normal samples times ``scale``, in ``dtype``, from ``key`` — drawn by
-    numpy on the host, seeded with the key's bits.
-
-    ``_common.normal`` (jax.random) compiles a sampler for every new shape: about half
-    a CPU-second each, more than the convolution under test, and a sweep over many small
-    shapes would spend most of its time there. The distribution and the one-key
-    reproducibility are the same; the numbers are not those of jax.random.
-    """
-    seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                      else key).astype(np.uint64).ravel()
-    z = np.random.default_rng(seed).standard_normal(shape)
-    return jnp.asarray((scale * z).astype(dtype))
-
 
 IMPLEMENTATIONS = {
     "lax": conv.conv2d_backward,

@@ -18,7 +18,7 @@ import numpy as np
 from manual import pool
 from suite.cases import Family, register, register_family
 from suite.cases._common import split, vjp_case
-from suite.cases.conv import host_normal
+from suite.cases._common import normal as host_normal
 
 register_family(Family(
     name="pool",

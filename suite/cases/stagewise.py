@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from manual import mlp, stagewise
 from reference import autodiff
 from suite.cases import Case, Family, register, register_family
-from suite.cases._common import mlp_inputs, split
+from suite.cases._common import mlp_inputs, normal, split
 
 
 def _extra_section(rows, out_dir):
@@ -68,7 +68,7 @@ def _builder(widths, n, activation, loss, with_v=False):
         inputs = mlp_inputs(k["net"], widths, n, dtype, loss=loss, activation=activation)
         if with_v:  # a direction for the Hessian-vector product, params-shaped
             flat, unravel = ravel_pytree(inputs["params"])
-            inputs["v"] = unravel(jax.random.normal(k["v"], flat.shape, dtype))
+            inputs["v"] = unravel(normal(k["v"], flat.shape, dtype))
         return inputs
     return build
 
