@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m slow
+	$(PY) -m pytest -q -n 2 --dist worksteal -m slow
 
 report: $(STAMP)
 	$(VENV)/bin/backprop-suite report --device cpu --out reports

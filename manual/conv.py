@@ -181,8 +181,15 @@ def _input_gradient(dy, w, g):
     w_flipped = w_t[:, :, ::-1, ::-1]  # a -> k - 1 - a turns the sum into a correlation
     pad = [((k - 1) * d - p, (k - 1) * d - p + r)
            for k, d, p, r in zip(g.kernel, g.dilation, g.padding, g.remainder)]
+    # Dilate and pad dY explicitly (lax.pad: interior zeros, then the edges) and run a
+    # plain stride-1 correlation. Folding both into the convolution is equivalent, but
+    # XLA 0.10's CPU simplifier aborts on some such convolutions whose dY is narrower
+    # than the kernel (jax.grad's own transpose rule among them).
+    zero = jnp.zeros((), dy.dtype)
+    dy_up = lax.pad(dy, zero, [(0, 0, 0), (0, 0, 0)]
+                    + [(lo, hi, s - 1) for (lo, hi), s in zip(pad, g.stride)])
     return lax.conv_general_dilated(
-        dy, w_flipped, window_strides=(1, 1), padding=pad, lhs_dilation=g.stride,
+        dy_up, w_flipped, window_strides=(1, 1), padding=[(0, 0), (0, 0)],
         rhs_dilation=g.dilation, dimension_numbers=("NCHW", "IOHW", "NCHW"),
         feature_group_count=g.groups, precision=HIGHEST)
 
@@ -190,7 +197,12 @@ def _input_gradient(dy, w, g):
 def _weight_gradient(x, dy, g):
     # channels of x play the batch, images the features; dY is the kernel, its taps s
     # apart; the result's window positions are the taps of W, d apart
-    pad = [(p, p - r) for p, r in zip(g.padding, g.remainder)]
+    # Rows past the last window (p - r < 0 after padding) are cropped by a slice, not by
+    # negative padding: XLA 0.10's CPU simplifier aborts on some negatively padded,
+    # rhs-dilated grouped convolutions (jax.grad's own transpose rule among them).
+    crop = [max(0, r - p) for p, r in zip(g.padding, g.remainder)]
+    x = x[:, :, :x.shape[2] - crop[0], :x.shape[3] - crop[1]]
+    pad = [(p, max(0, p - r)) for p, r in zip(g.padding, g.remainder)]
     return lax.conv_general_dilated(
         x, dy, window_strides=g.dilation, padding=pad, rhs_dilation=g.stride,
         dimension_numbers=("CNHW", "IOHW", "CNHW"), batch_group_count=g.groups,

@@ -130,9 +130,10 @@ NAMED = (
 
 NAMED_CONFIGS = {label: config for label, config, _ in NAMED}
 
-# Draws of the hypothesis sweep in suite/tests/test_pool.py, per kind (each in float32
-# and float64): "test" in every `make test`, "slow" behind the slow marker.
-SWEEP_EXAMPLES = {"test": 12, "slow": 200}
+# Draws of the hypothesis sweep in suite/tests/test_pool.py, max and avg drawn with the
+# geometry, each draw in float32 and float64: "test" in every `make test`, "slow"
+# behind the slow marker.
+SWEEP_EXAMPLES = {"test": 200, "slow": 400}
 
 for label, config, tier in NAMED:
     for kind in KINDS:

@@ -277,20 +277,28 @@ def _sweep_one(config, impl, witness):
         assert row["status"] == "PASS", f"{config}\n{_explain(row)}"
 
 
+def _sweep(tier, impl):
+    """Hypothesis settings with the draw count of ``tier`` for ``impl``."""
+    return hypothesis.settings(max_examples=conv_cases.SWEEP_EXAMPLES[tier][impl])
+
+
 @pytest.mark.parametrize("impl", ["lax", "im2col"])
-@hypothesis.settings(max_examples=conv_cases.SWEEP_EXAMPLES["test"])
-@hypothesis.given(config=configs())
-def test_sweep(impl, config):
-    # no finite-difference witness in the quick sweep: each new shape would cost it
-    # compiles of jax.random (reference/finite_diff.py), several times the case itself;
-    # the registered cases and the slow sweep carry the witness
-    _sweep_one(config, impl, witness=False)
+def test_sweep(impl):
+    @_sweep("test", impl)
+    @hypothesis.given(config=configs())
+    def check(config):
+        # no finite-difference witness here, to keep 200 draws within make test's
+        # budget; the registered cases and the slow sweep carry it
+        _sweep_one(config, impl, witness=False)
+    check()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", ["lax", "im2col"])
-@hypothesis.settings(max_examples=conv_cases.SWEEP_EXAMPLES["slow"])
-@hypothesis.given(config=configs(), witness=st.integers(0, 3))
-def test_sweep_full(impl, config, witness):
-    # the finite-difference witness on a quarter of the draws (see test_sweep)
-    _sweep_one(config, impl, witness=witness == 0)
+def test_sweep_full(impl):
+    @_sweep("slow", impl)
+    @hypothesis.given(config=configs(), witness=st.integers(0, 3))
+    def check(config, witness):
+        _sweep_one(config, impl, witness=witness == 0)
+    check()
+
