@@ -1,22 +1,10 @@
 """Test-session set-up: float64 on, rank promotion an error, hypothesis reproducible."""
 
-import os
+import hypothesis
+import jax
+import pytest
 
-# The tests judge numbers, not speed: compile with XLA's cheaper CPU backend passes.
-# On this 2-core machine compilation is most of a small case's cost and these flags
-# cut it by about 40%; no fast-math either way, and both sides of every comparison are
-# compiled alike. Set before JAX creates its CPU client.
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-    os.environ.get("XLA_FLAGS", ""),
-    "--xla_backend_optimization_level=0",
-    "--xla_llvm_disable_expensive_passes=true",
-]))
-
-import hypothesis  # noqa: E402
-import jax  # noqa: E402
-import pytest  # noqa: E402
-
-import suite  # noqa: E402
+import suite
 
 suite.configure()
 
