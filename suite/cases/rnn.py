@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from manual import clip, rnn
 from reference import autodiff, bptt
 from suite.cases import Case, Family, register, register_family
-from suite.cases._bptt import normals
+from suite.cases._bptt import SEQUENCE_CASES, normals
 from suite.cases._common import vjp_case
 
 def truncation_study(rows=None, out_dir=None, *, t=50, n=4, d=3, h=8, keys=2000):
@@ -153,35 +153,7 @@ def clipped_case(name, t, n, d, h, *, max_norm, truncation=None, tier="test"):
                 sizes=dict(T=t, N=n, D=d, H=h, truncation=truncation or "full", max_norm=max_norm))
 
 
-# (name, T, N, D, H, truncation, pi, tier). T covers 1, 2, an odd length and 100; the
-# truncations None, 1, a k that does not divide T and k >= T; N = 1 appears; pi marks
-# randomized truncation (alone and composed with a regular one). The "test" tier covers
-# each of those at least once (every row is a compile, the cost of make test); "slow"
-# has the rest, "report" the larger shapes.
-CASES = (
-    ("T7", 7, 3, 4, 5, None, None, "test"),
-    ("T1", 1, 3, 2, 4, None, None, "slow"),
-    ("T2-N1", 2, 1, 3, 4, None, None, "slow"),
-    ("T100", 100, 2, 3, 4, None, None, "slow"),
-    ("T1-N1-k1", 1, 1, 3, 4, 1, None, "test"),
-    ("T2-k1", 2, 3, 3, 4, 1, None, "test"),
-    ("T7-k1", 7, 3, 4, 5, 1, None, "slow"),
-    ("T7-k3", 7, 3, 4, 5, 3, None, "slow"),
-    ("T7-k7", 7, 3, 4, 5, 7, None, "slow"),
-    ("T2-N1-k5", 2, 1, 3, 4, 5, None, "slow"),
-    ("T100-k30", 100, 2, 3, 4, 30, None, "test"),
-    ("T100-N1-k1", 100, 1, 3, 4, 1, None, "slow"),
-    ("T7-xi0.5", 7, 3, 4, 5, None, 0.5, "slow"),
-    ("T100-xi0.8", 100, 2, 3, 4, None, 0.8, "slow"),
-    ("T7-k3-xi0.5", 7, 3, 4, 5, 3, 0.5, "test"),
-    ("T100-N16-H32", 100, 16, 8, 32, None, None, "slow"),
-    ("T100-N16-H32-k10", 100, 16, 8, 32, 10, None, "slow"),
-    ("T100-N16-H32-xi0.7", 100, 16, 8, 32, None, 0.7, "slow"),
-    ("T100-N32-H128", 100, 32, 64, 128, None, None, "report"),
-    ("T100-N32-H128-k20", 100, 32, 64, 128, 20, None, "report"),
-)
-
-for label, t, n, d, h, k, pi, tier in CASES:
+for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:
     register(bptt_case(f"rnn/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
 
 register(clipped_case("rnn/T7-clip", 7, 3, 4, 5, max_norm=1.0, tier="slow"))
