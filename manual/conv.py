@@ -181,15 +181,22 @@ def _input_gradient(dy, w, g):
     w_flipped = w_t[:, :, ::-1, ::-1]  # a -> k - 1 - a turns the sum into a correlation
     pad = [((k - 1) * d - p, (k - 1) * d - p + r)
            for k, d, p, r in zip(g.kernel, g.dilation, g.padding, g.remainder)]
-    # Dilate and pad dY explicitly (lax.pad: interior zeros, then the edges) and run a
-    # plain stride-1 correlation. Folding both into the convolution is equivalent, but
-    # XLA 0.10's CPU simplifier aborts on some such convolutions whose dY is narrower
-    # than the kernel (jax.grad's own transpose rule among them).
-    zero = jnp.zeros((), dy.dtype)
-    dy_up = lax.pad(dy, zero, [(0, 0, 0), (0, 0, 0)]
-                    + [(lo, hi, s - 1) for (lo, hi), s in zip(pad, g.stride)])
+    # A dY that, once dilated, is narrower than the dilated kernel is dilated and padded
+    # explicitly (lax.pad), then correlated at stride 1: XLA 0.10's CPU simplifier
+    # CHECK-fails (aborting the process) on some such convolutions when the dilation and
+    # padding are folded into them — jax.grad's own transpose among them. Otherwise the
+    # folded form, which is what XLA's transpose rule emits and runs at its speed.
+    narrow = any((n - 1) * s + 1 < (k - 1) * d + 1
+                 for n, s, k, d in zip(g.out, g.stride, g.kernel, g.dilation))
+    if narrow:
+        zero = jnp.zeros((), dy.dtype)
+        dy = lax.pad(dy, zero, [(0, 0, 0), (0, 0, 0)]
+                     + [(lo, hi, s - 1) for (lo, hi), s in zip(pad, g.stride)])
+        pad, dilate = [(0, 0), (0, 0)], (1, 1)
+    else:
+        dilate = g.stride
     return lax.conv_general_dilated(
-        dy_up, w_flipped, window_strides=(1, 1), padding=[(0, 0), (0, 0)],
+        dy, w_flipped, window_strides=(1, 1), padding=pad, lhs_dilation=dilate,
         rhs_dilation=g.dilation, dimension_numbers=("NCHW", "IOHW", "NCHW"),
         feature_group_count=g.groups, precision=HIGHEST)
 

@@ -121,7 +121,7 @@ def section(rows_of_report, out_dir):
     lines = [
         "### Negative curvature during training (after Mizutani & Dreyfus 2008)", "",
         f"A tanh MLP {'-'.join(map(str, WIDTHS))} (P = {p}) trained by full-batch gradient "
-        f"descent with momentum (lr {LEARNING_RATE}, momentum {MOMENTUM}, l2 {L2:g}) on two "
+        f"descent with momentum (lr {LEARNING_RATE}, momentum {MOMENTUM}, l2 {L2:g}) on "
         f"a generated regression task, y = sin(πx₁)cos(πx₂) + noise ({N_SAMPLES} points in "
         "[-1, 1]², mse). "
         "At each checkpoint the exact Hessian H (manual.stagewise.hessian) and the Gauss-Newton "
