@@ -6,11 +6,11 @@ omega_t before it joins the adjoint s_{t-1} already gets from outside:
 
     full BPTT            omega_t = 1 for every t (no weight at all)
     truncation=k         omega_t = 0 where t is a positive multiple of k, 1 elsewhere
-                         (jax.grad of a forward applying lax.stop_gradient to the state
+                         (JAX's gradient of a forward applying lax.stop_gradient to the state
                          entering those steps)
     randomized, xi       omega_t = xi_t, with xi_t = 0 (probability 1 - pi) or 1/pi
                          (probability pi), independent across steps, so E[xi_t] = 1
-                         (jax.grad of a forward that feeds step t the state
+                         (JAX's gradient of a forward that feeds step t the state
                          sg(s) + xi_t * (s - sg(s)), whose value is s)
 
 The two compose (omega_t = mask_t * xi_t). Source: d2l.ai 9.7 "Backpropagation Through

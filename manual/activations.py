@@ -15,7 +15,7 @@ all elementwise and dtype-preserving. The first derivative drives backprop
 
 ``df_from(z, a)`` is f'(z) given a = f(z) as the forward pass already computed it:
 backprop keeps the activations, so tanh' = 1 - a² and sigmoid' = a (1 - a) cost one
-multiply instead of a second transcendental (what ``jax.grad`` does too); the others
+multiply instead of a second transcendental (what JAX's autodiff does too); the others
 fall back to ``df(z)``.
 
 Kinks follow JAX (``jax.nn``): ReLU'(0) = 0 (the inactive side, as ``jax.nn.relu``'s
@@ -99,7 +99,7 @@ sigmoid = Activation(
 )
 
 def _one_minus_square(t):
-    # 1 - t² as (1 - t)(1 + t), as jax.grad of tanh does: 1 - t is exact near t = ±1
+    # 1 - t² as (1 - t)(1 + t), as JAX's gradient of tanh does: 1 - t is exact near t = ±1
     # (Sterbenz), so no rounding of t² is amplified in the small slopes of saturation
     return (1 - t) * (1 + t)
 

@@ -41,7 +41,7 @@ of dY with the rotated kernel for dX, the valid correlation of the input with dY
 dW (Bouvrie's filtering layer), generalised to stride, padding, dilation and groups.
 Both are written with ``lax.conv_general_dilated`` as a forward primitive, with the
 same arguments XLA's own transpose rules choose, so the compiled cost matches
-``jax.grad``'s.
+JAX autodiff's.
 
 Sources: J. Bouvrie, "Notes on Convolutional Neural Networks" (2006), filtering
 layers; the convolution-backprop posts of the source notes.
@@ -184,7 +184,7 @@ def _input_gradient(dy, w, g):
     # A dY that, once dilated, is narrower than the dilated kernel is dilated and padded
     # explicitly (lax.pad), then correlated at stride 1: XLA 0.10's CPU simplifier
     # CHECK-fails (aborting the process) on some such convolutions when the dilation and
-    # padding are folded into them — jax.grad's own transpose among them. Otherwise the
+    # padding are folded into them — JAX autodiff's own transpose among them. Otherwise the
     # folded form, which is what XLA's transpose rule emits and runs at its speed.
     narrow = any((n - 1) * s + 1 < (k - 1) * d + 1
                  for n, s, k, d in zip(g.out, g.stride, g.kernel, g.dilation))
@@ -206,7 +206,7 @@ def _weight_gradient(x, dy, g):
     # apart; the result's window positions are the taps of W, d apart
     # Rows past the last window (p - r < 0 after padding) are cropped by a slice, not by
     # negative padding: XLA 0.10's CPU simplifier aborts on some negatively padded,
-    # rhs-dilated grouped convolutions (jax.grad's own transpose rule among them).
+    # rhs-dilated grouped convolutions (JAX autodiff's own transpose rule among them).
     crop = [max(0, r - p) for p, r in zip(g.padding, g.remainder)]
     x = x[:, :, :x.shape[2] - crop[0], :x.shape[3] - crop[1]]
     pad = [(p, max(0, p - r)) for p, r in zip(g.padding, g.remainder)]

@@ -26,7 +26,7 @@ Both scatter-adds are col2im, one tap at a time (manual._windows.unwindow).
 
 Tie convention (max): when several pixels of a window share the maximum, the whole
 dY[n,c,i,j] goes to the FIRST of them in row-major order of the window (smallest a,
-then smallest β) — exactly where jax.grad of ``lax.reduce_window(x, -inf, lax.max,
+then smallest β) — exactly where JAX's gradient of ``lax.reduce_window(x, -inf, lax.max,
 ...)`` sends it (XLA's select-and-scatter keeps the current pick unless a later tap
 is strictly greater). It is not split between the tied pixels.
 

@@ -19,7 +19,7 @@ and because the weights are shared, their gradients sum over the steps::
     dW_xh = Σ_t x_tᵀ delta_t     dW_hh = Σ_t h_{t-1}ᵀ delta_t     db = Σ_t Σ_n delta_t,n
 
 omega_t = 1 is full BPTT; ``truncation=k`` sets omega_t = 0 where t is a positive
-multiple of k (the state entering those steps is cut, exactly jax.grad of a forward with
+multiple of k (the state entering those steps is cut, exactly JAX's gradient of a forward with
 lax.stop_gradient there); ``xi`` (randomized truncation, see ``randomized_weights``)
 sets omega_t = xi_t. The sums do not depend on the order of the steps, so they are
 taken once, after the reverse scan, as single matrix products over all T·N rows
