@@ -25,6 +25,13 @@ from jax import random
 from manual._checks import require_float, require_rank
 
 
+def check_param_names(params, names):
+    """``params`` is a dict with exactly the keys ``names``."""
+    if not hasattr(params, "keys") or set(params.keys()) != set(names):
+        got = sorted(params.keys()) if hasattr(params, "keys") else type(params).__name__
+        raise ValueError(f"params must be a dict with keys {names}, got {got}")
+
+
 def check_truncation(truncation):
     """``truncation`` is None or a positive Python int (it is static under jit)."""
     if truncation is None:

@@ -64,9 +64,7 @@ def _sigmoid(z):
 
 
 def _check(params, xs, h0, c0, dhs=None):
-    if not hasattr(params, "keys") or set(params.keys()) != set(PARAM_NAMES):
-        got = sorted(params.keys()) if hasattr(params, "keys") else type(params).__name__
-        raise ValueError(f"params must be a dict with keys {PARAM_NAMES}, got {got}")
+    _bptt.check_param_names(params, PARAM_NAMES)
     arrays = dict(params, xs=xs, h0=h0, c0=c0)
     if dhs is not None:
         arrays["dhs"] = dhs

@@ -54,9 +54,7 @@ _RANKS = {"w_xh": 2, "w_hh": 2, "b": 1, "xs": 3, "h0": 2, "dhs": 3}
 
 
 def _check(params, xs, h0, dhs=None):
-    if not hasattr(params, "keys") or set(params.keys()) != set(PARAM_NAMES):
-        got = sorted(params.keys()) if hasattr(params, "keys") else type(params).__name__
-        raise ValueError(f"params must be a dict with keys {PARAM_NAMES}, got {got}")
+    _bptt.check_param_names(params, PARAM_NAMES)
     arrays = dict(params, xs=xs, h0=h0)
     if dhs is not None:
         arrays["dhs"] = dhs
