@@ -1,8 +1,12 @@
 """What the rnn and lstm families share: their table of sequence cases, and input drawing."""
 
+import collections
+
 import jax.numpy as jnp
 
-from suite.cases._common import numpy_rng
+from reference import autodiff
+from suite.cases import Case
+from suite.cases._common import numpy_rng, vjp_case
 
 
 def normals(key, shapes, dtype):
@@ -14,6 +18,39 @@ def normals(key, shapes, dtype):
     rng = numpy_rng(key)
     return {name: jnp.asarray((scale * rng.standard_normal(shape)).astype(dtype))
             for name, (shape, scale) in shapes.items()}
+
+
+def sequence_case(name, family, *, build, forward, backward, reference_forward, primals,
+                  sizes, truncation=None, pi=None, tier="test",
+                  dtypes=("float32", "float64")):
+    """A registry case for one BPTT strategy of a recurrent layer.
+
+    Full BPTT is a vjp_case (jax.vjp of ``forward``, with the finite-difference
+    witness). Truncated and randomized BPTT are not the gradient of any objective, so
+    they have no witness: their oracle is jax.vjp of ``reference_forward(*primals,
+    truncation=, xi=)``, which returns the hidden states with stop_gradient at the cuts.
+    ``backward(*primals, dhs, truncation=, xi=)`` is the hand-derived side.
+    """
+    if truncation is None and pi is None:
+        return vjp_case(name=name, family=family, build=build, forward=forward,
+                        backward=backward, primals=primals, cotangent="dhs", sizes=sizes,
+                        tier=tier, dtypes=dtypes)
+    grads = collections.namedtuple("Cotangents", [f"d{k}" for k in primals])
+
+    def args(inputs):
+        return tuple(inputs[k] for k in primals)
+
+    def manual(inputs):
+        return grads(*backward(*args(inputs), inputs["dhs"], truncation=truncation,
+                               xi=inputs.get("xi")))
+
+    def reference(inputs):
+        def cut_forward(*p):
+            return reference_forward(*p, truncation=truncation, xi=inputs.get("xi"))
+        return grads(*autodiff.vjp(cut_forward, args(inputs), inputs["dhs"]))
+
+    return Case(name=name, family=family, build=build, manual=manual, reference=reference,
+                sizes=sizes, tier=tier, dtypes=dtypes)
 
 
 # (name, T, N, D, H, truncation, pi, tier). T covers 1, 2, an odd length and 100; the

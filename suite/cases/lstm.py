@@ -10,16 +10,14 @@ Oracles, as for the RNN (suite/cases/rnn.py):
 The cell states get no cotangent from outside (the contract), so the cotangent is dhs.
 """
 
-import collections
 
 import jax
 import jax.numpy as jnp
 
 from manual import lstm
-from reference import autodiff, bptt
-from suite.cases import Case, Family, register, register_family
-from suite.cases._bptt import SEQUENCE_CASES, normals
-from suite.cases._common import vjp_case
+from reference import bptt
+from suite.cases import Family, register, register_family
+from suite.cases._bptt import SEQUENCE_CASES, normals, sequence_case
 
 register_family(Family(
     name="lstm",
@@ -35,7 +33,6 @@ register_family(Family(
 ))
 
 PRIMALS = ("params", "xs", "h0", "c0")
-Grads = collections.namedtuple("Cotangents", [f"d{k}" for k in PRIMALS])
 
 
 def reference_step(params):
@@ -77,31 +74,16 @@ def builder(t, n, d, h, pi=None):
     return build
 
 
-def _args(inputs):
-    return tuple(inputs[k] for k in PRIMALS)
-
 
 def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test", dtypes=("float32", "float64")):
     """A registry case for T, N, D, H and a truncation strategy (full, k, randomized)."""
     sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
     if pi is not None:
         sizes["pi"] = pi
-    if truncation is None and pi is None:
-        return vjp_case(name=name, family="lstm", build=builder(t, n, d, h),
-                        forward=hidden_states, backward=lstm.backward, primals=PRIMALS,
-                        cotangent="dhs", sizes=sizes, tier=tier, dtypes=dtypes)
-
-    def manual(inputs):
-        return Grads(*lstm.backward(*_args(inputs), inputs["dhs"], truncation=truncation,
-                                    xi=inputs.get("xi")))
-
-    def reference(inputs):
-        def forward(*primals):
-            return reference_forward(*primals, truncation=truncation, xi=inputs.get("xi"))[0]
-        return Grads(*autodiff.vjp(forward, _args(inputs), inputs["dhs"]))
-
-    return Case(name=name, family="lstm", build=builder(t, n, d, h, pi), manual=manual,
-                reference=reference, sizes=sizes, tier=tier, dtypes=dtypes)
+    return sequence_case(name, "lstm", build=builder(t, n, d, h, pi), forward=hidden_states,
+                         backward=lstm.backward, reference_forward=lambda *p, **kw: reference_forward(*p, **kw)[0],
+                         primals=PRIMALS, sizes=sizes, truncation=truncation, pi=pi,
+                         tier=tier, dtypes=dtypes)
 
 
 for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:

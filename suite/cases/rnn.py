@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from manual import clip, rnn
 from reference import autodiff, bptt
 from suite.cases import Case, Family, register, register_family
-from suite.cases._bptt import SEQUENCE_CASES, normals
-from suite.cases._common import vjp_case
+from suite.cases._bptt import SEQUENCE_CASES, normals, sequence_case
 
 def truncation_study(rows=None, out_dir=None, *, t=50, n=4, d=3, h=8, keys=2000):
     """Report material: how far each truncation is from full BPTT on one fixed problem.
@@ -111,22 +110,10 @@ def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test", dtypes
     sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
     if pi is not None:
         sizes["pi"] = pi
-    if truncation is None and pi is None:
-        return vjp_case(name=name, family="rnn", build=builder(t, n, d, h),
-                        forward=rnn.forward, backward=rnn.backward, primals=PRIMALS,
-                        cotangent="dhs", sizes=sizes, tier=tier, dtypes=dtypes)
-
-    def manual(inputs):
-        return Grads(*rnn.backward(*_args(inputs), inputs["dhs"], truncation=truncation,
-                                   xi=inputs.get("xi")))
-
-    def reference(inputs):
-        def forward(*primals):
-            return reference_forward(*primals, truncation=truncation, xi=inputs.get("xi"))
-        return Grads(*autodiff.vjp(forward, _args(inputs), inputs["dhs"]))
-
-    return Case(name=name, family="rnn", build=builder(t, n, d, h, pi), manual=manual,
-                reference=reference, sizes=sizes, tier=tier, dtypes=dtypes)
+    return sequence_case(name, "rnn", build=builder(t, n, d, h, pi), forward=rnn.forward,
+                         backward=rnn.backward, reference_forward=reference_forward,
+                         primals=PRIMALS, sizes=sizes, truncation=truncation, pi=pi,
+                         tier=tier, dtypes=dtypes)
 
 
 def reference_clip(grads, max_norm):
