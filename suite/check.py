@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from suite.cases._common import vjp_case
+from suite.cases.common import vjp_case
 from suite.run import run_case
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 # Entries smaller than this fraction of the leaf's largest magnitude have their relative

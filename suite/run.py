@@ -11,12 +11,10 @@ import traceback
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pandas as pd
 
 from reference import finite_diff
 from suite import compare as cmp
-from suite import cases as registry
 
 COLUMNS = (
     "case", "family", "dtype", "device", "sizes", "status", "leaf", "normwise",

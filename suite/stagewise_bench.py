@@ -25,7 +25,7 @@ import numpy as np
 
 from manual import mlp, stagewise
 from reference import autodiff
-from suite.cases._common import mlp_inputs
+from suite.cases.common import mlp_inputs
 from suite.run import block
 
 GIB = 2**30

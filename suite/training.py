@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manual import mlp
-from suite.cases._common import mlp_params
+from suite.cases.common import mlp_params
 from suite.custom_grad import mlp_loss
 
 CONFIG = dict(activation="tanh", loss="softmax_cross_entropy", l2=1e-4)

@@ -10,13 +10,14 @@ and builds its cases with ``conv_case``, the same constructor as the entries her
 import dataclasses
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from manual import conv, im2col
 from suite.cases import Family, register, register_family
-from suite.cases._common import normal as host_normal, split, vjp_case
+from suite.cases.common import normal as host_normal
+from suite.cases.common import split, vjp_case
+
 
 def implementation_of(case_name):
     return "im2col" if case_name.startswith("conv/im2col/") else "lax"

@@ -2,7 +2,7 @@
 
 from manual import linear
 from suite.cases import Family, register, register_family
-from suite.cases._common import normal, split, vjp_case
+from suite.cases.common import normal, split, vjp_case
 
 register_family(Family(
     name="linear",

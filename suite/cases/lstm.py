@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from manual import lstm
 from reference import bptt
 from suite.cases import Family, register, register_family
-from suite.cases._bptt import SEQUENCE_CASES, normals, sequence_case
+from suite.cases.sequences import SEQUENCE_CASES, normals, sequence_case
 
 register_family(Family(
     name="lstm",

@@ -22,7 +22,7 @@ import numpy as np
 from manual import activations, losses, mlp
 from reference import autodiff
 from suite.cases import Case, Family, register, register_family
-from suite.cases._common import KINKED, mlp_inputs, numpy_rng
+from suite.cases.common import KINKED, mlp_inputs, numpy_rng
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu")
 LOSSES = ("mse", "softmax_cross_entropy")

@@ -17,8 +17,8 @@ import numpy as np
 
 from manual import pool
 from suite.cases import Family, register, register_family
-from suite.cases._common import split, vjp_case
-from suite.cases._common import normal as host_normal
+from suite.cases.common import normal as host_normal
+from suite.cases.common import split, vjp_case
 
 register_family(Family(
     name="pool",

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from manual import clip, rnn
 from reference import autodiff, bptt
 from suite.cases import Case, Family, register, register_family
-from suite.cases._bptt import SEQUENCE_CASES, normals, sequence_case
+from suite.cases.sequences import SEQUENCE_CASES, normals, sequence_case
+
 
 def truncation_study(rows=None, out_dir=None, *, t=50, n=4, d=3, h=8, keys=2000):
     """Report material: how far each truncation is from full BPTT on one fixed problem.

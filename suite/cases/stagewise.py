@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from manual import mlp, stagewise
 from reference import autodiff
 from suite.cases import Case, Family, register, register_family
-from suite.cases._common import mlp_inputs, normal, split
+from suite.cases.common import mlp_inputs, normal, split
 
 
 def _extra_section(rows, out_dir):

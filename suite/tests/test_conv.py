@@ -18,10 +18,8 @@ import pytest
 from jax import lax
 
 from manual import _windows, conv, im2col
-from suite import cases as registry
 from suite import run
 from suite.cases import conv as conv_cases
-from suite.tests.planting import plant
 
 FORWARDS = {"lax": conv.conv2d, "im2col": im2col.conv2d_im2col}
 BACKWARDS = {"lax": conv.conv2d_backward, "im2col": im2col.conv2d_im2col_backward}

@@ -18,7 +18,7 @@ import pytest
 from manual import _windows, pool
 from suite import run
 from suite.cases import pool as pool_cases
-from suite.cases._common import vjp_case
+from suite.cases.common import vjp_case
 
 FORWARDS = {"max": pool.max_pool2d, "avg": pool.avg_pool2d}
 BACKWARDS = {"max": pool.max_pool2d_backward, "avg": pool.avg_pool2d_backward}

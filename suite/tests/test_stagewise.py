@@ -13,7 +13,7 @@ from reference import autodiff
 from suite import compare as cmp
 from suite import run
 from suite.cases import get as get_case
-from suite.cases._common import mlp_inputs
+from suite.cases.common import mlp_inputs
 from suite.cases.stagewise import gauss_newton_reference, widths_for
 
 KW = dict(activation="tanh", loss="softmax_cross_entropy", l2=0.1)

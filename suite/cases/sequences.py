@@ -6,13 +6,13 @@ import jax.numpy as jnp
 
 from reference import autodiff
 from suite.cases import Case
-from suite.cases._common import numpy_rng, vjp_case
+from suite.cases.common import numpy_rng, vjp_case
 
 
 def normals(key, shapes, dtype):
     """A dict of standard-normal arrays, ``{name: (shape, scale)}``, in ``dtype``, from ``key``.
 
-    One host-side generator for the whole dict (see suite/cases/_common.py), so a case's
+    One host-side generator for the whole dict (see suite/cases/common.py), so a case's
     half-dozen arrays cost no compile at all.
     """
     rng = numpy_rng(key)
