@@ -122,7 +122,7 @@ from jax import lax
 
 from manual import windows
 from manual._checks import require_float, require_floats
-from manual.windows import Array, ArrayLike, PadPairs, Pair
+from manual.windows import Array, ArrayLike, IntOrPair, Padding, PadPairs, Pair
 
 __all__ = ["HIGHEST", "Geometry", "geometry", "transpose_geometry", "conv2d",
            "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
@@ -145,7 +145,7 @@ class Geometry:
     FIELDS = ("stride", "padding", "dilation", "groups", "kernel", "out", "remainder")
 
     def __init__(self, stride: Pair, padding: PadPairs, dilation: Pair, groups: int,
-                 kernel: Pair, out: Pair, remainder: Pair):
+                 kernel: Pair, out: Pair, remainder: Pair) -> None:
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.kernel, self.out, self.remainder = kernel, out, remainder
 
@@ -195,7 +195,8 @@ def _conv_padding(padding, kernel, stride, dilation):
 
 
 def geometry(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike | None = None, *,
-             stride=1, padding=0, dilation=1, groups=1) -> Geometry:
+             stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
+             groups: int = 1) -> Geometry:
     """Validate conv2d's arguments and return its normalised Geometry.
 
     Raises ValueError naming the argument and the shapes it got (at trace time).
@@ -240,8 +241,9 @@ def _show(padding):
 
 
 def transpose_geometry(x: ArrayLike, w: ArrayLike, b: ArrayLike,
-                       dy: ArrayLike | None = None, *, stride=1, padding=0,
-                       output_padding=0, dilation=1, groups=1) -> Geometry:
+                       dy: ArrayLike | None = None, *, stride: IntOrPair = 1,
+                       padding: int | Pair | PadPairs = 0, output_padding: IntOrPair = 0,
+                       dilation: IntOrPair = 1, groups: int = 1) -> Geometry:
     """Validate conv_transpose2d's arguments; return the Geometry of the conv2d whose dX
     it is (input size H_out, out = x's spatial size, remainder = output_padding).
 
@@ -295,8 +297,8 @@ def _like(y, x):
     return y if np.ndim(x) == 4 else y[0]
 
 
-def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride=1, padding=0, dilation=1,
-           groups=1) -> Array:
+def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
+           padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1) -> Array:
     """Y = X ⋆ W + b (cross-correlation), torch.nn.functional.conv2d semantics.
 
     Args:
@@ -318,8 +320,9 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride=1, padding=0, dil
     return _like(y, x)
 
 
-def conv2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *, stride=1,
-                    padding=0, dilation=1, groups=1) -> tuple[Array, Array, Array]:
+def conv2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *,
+                    stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1,
+                    groups: int = 1) -> tuple[Array, Array, Array]:
     """Gradients of conv2d: dX (dY dilated by s, padded, ⋆ flipped transposed W),
     dW (X̃ ⋆ dY), db (Σ dY) — see the module docstring for the derivation.
 
@@ -340,8 +343,9 @@ def conv2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *, 
     return _like(input_gradient(dy4, w, g), x), weight_gradient(x4, dy4, g), db
 
 
-def conv_transpose2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride=1, padding=0,
-                     output_padding=0, dilation=1, groups=1) -> Array:
+def conv_transpose2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
+                     padding: int | Pair | PadPairs = 0, output_padding: IntOrPair = 0,
+                     dilation: IntOrPair = 1, groups: int = 1) -> Array:
     """Y = A_wᵀ X + b: conv2d's dX with X as dY, torch.nn.functional.conv_transpose2d.
 
     Args:
@@ -367,8 +371,9 @@ def conv_transpose2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride=1, padd
 
 
 def conv_transpose2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *,
-                              stride=1, padding=0, output_padding=0, dilation=1,
-                              groups=1) -> tuple[Array, Array, Array]:
+                              stride: IntOrPair = 1, padding: int | Pair | PadPairs = 0,
+                              output_padding: IntOrPair = 0, dilation: IntOrPair = 1,
+                              groups: int = 1) -> tuple[Array, Array, Array]:
     """Gradients of conv_transpose2d: dX = conv2d of dY with w (no bias), dW = conv2d's
     weight gradient with dY and X in swapped roles, db = Σ dY (see the module docstring).
 
@@ -440,14 +445,21 @@ def input_gradient(dy: ArrayLike, w: ArrayLike, g: Geometry) -> Array:
 def _trimmed(x, g):
     """x and the padding that leave out the r padded rows past the last window.
 
-    Where r > p_hi the cut reaches into x, and is a slice, not a negative padding: XLA
-    0.10's CPU simplifier aborts on some negatively padded, rhs-dilated grouped
-    convolutions (JAX autodiff's own transpose rule among them).
+    The kept padded rows are the first L = (H_out - 1)·s + e: p_lo of padding (fewer if
+    L is shorter), then as many rows of x as fit, then what is left of p_hi. Where the
+    cut reaches into x it is a slice, not a negative padding: XLA 0.10's CPU simplifier
+    aborts on some negatively padded, rhs-dilated grouped convolutions (JAX autodiff's
+    own transpose rule among them). It can reach through x into p_lo too (H = 1, p_lo =
+    3, p_hi = 0, k = 1, s = 4: L = 1, one row of padding and nothing of x).
     """
-    crop = [max(0, r - hi) for (_, hi), r in zip(g.padding, g.remainder, strict=True)]
-    x = x[:, :, :x.shape[2] - crop[0], :x.shape[3] - crop[1]]
-    return x, tuple((lo, max(0, hi - r)) for (lo, hi), r in zip(g.padding, g.remainder,
-                                                                  strict=True))
+    kept, pads = [], []
+    for size, (lo, hi), r in zip(x.shape[2:], g.padding, g.remainder, strict=True):
+        length = size + lo + hi - r
+        before = min(lo, length)
+        rows = min(size, length - before)
+        kept.append(rows)
+        pads.append((before, length - before - rows))
+    return x[:, :, :kept[0], :kept[1]], tuple(pads)
 
 
 def weight_gradient(x: ArrayLike, dy: ArrayLike, g: Geometry) -> Array:

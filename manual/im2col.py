@@ -52,7 +52,7 @@ import numpy as np
 
 from manual import windows
 from manual.conv import HIGHEST, Geometry, geometry
-from manual.windows import Array, ArrayLike
+from manual.windows import Array, ArrayLike, IntOrPair, Padding
 
 __all__ = ["im2col", "col2im", "conv2d_im2col", "conv2d_im2col_backward"]
 
@@ -102,8 +102,8 @@ def _like(y, x):
     return y if np.ndim(x) == 4 else y[0]
 
 
-def conv2d_im2col(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride=1, padding=0,
-                  dilation=1, groups=1) -> Array:
+def conv2d_im2col(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
+                  padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1) -> Array:
     """conv2d as Y_mat = W_mat cols + b (see the module docstring).
 
     Args and Returns: as manual.conv.conv2d.
@@ -117,8 +117,9 @@ def conv2d_im2col(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride=1, padding
 
 
 def conv2d_im2col_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *,
-                           stride=1, padding=0, dilation=1,
-                           groups=1) -> tuple[Array, Array, Array]:
+                           stride: IntOrPair = 1, padding: Padding = 0,
+                           dilation: IntOrPair = 1,
+                           groups: int = 1) -> tuple[Array, Array, Array]:
     """dW_mat = dY_mat colsᵀ, dX = col2im(W_matᵀ dY_mat), db = Σ dY.
 
     Args and Returns: as manual.conv.conv2d_backward.

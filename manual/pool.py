@@ -88,7 +88,7 @@ from jax import lax
 
 from manual import windows
 from manual._checks import require_float, require_floats
-from manual.windows import Array, ArrayLike, Pair
+from manual.windows import Array, ArrayLike, IntOrPair, Pair
 
 __all__ = ["PoolGeometry", "pool_geometry", "divisor", "max_pool2d", "avg_pool2d",
            "max_pool2d_backward", "avg_pool2d_backward"]
@@ -106,7 +106,7 @@ class PoolGeometry:
     FIELDS = ("window", "stride", "padding", "dilation", "ceil_mode", "size", "out", "extra")
 
     def __init__(self, window: Pair, stride: Pair, padding: Pair, dilation: Pair,
-                 ceil_mode: bool, size: Pair, out: Pair, extra: Pair):
+                 ceil_mode: bool, size: Pair, out: Pair, extra: Pair) -> None:
         self.window, self.stride, self.padding, self.dilation = window, stride, padding, dilation
         self.ceil_mode, self.size, self.out, self.extra = ceil_mode, size, out, extra
 
@@ -140,8 +140,9 @@ def _flag(name, value):
     return bool(value)
 
 
-def pool_geometry(x: ArrayLike, dy: ArrayLike | None = None, *, window, stride=None,
-                  padding=0, dilation=1, ceil_mode=False) -> PoolGeometry:
+def pool_geometry(x: ArrayLike, dy: ArrayLike | None = None, *, window: IntOrPair,
+                  stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                  dilation: IntOrPair = 1, ceil_mode: bool = False) -> PoolGeometry:
     """Validate a pooling layer's arguments and return its PoolGeometry.
 
     Raises ValueError naming the argument and the shapes it got (at trace time).
@@ -245,8 +246,9 @@ def _first_argmax(taps):
     return arg
 
 
-def max_pool2d(x: ArrayLike, *, window, stride=None, padding=0, dilation=1,
-               ceil_mode=False) -> Array:
+def max_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = None,
+               padding: IntOrPair = 0, dilation: IntOrPair = 1,
+               ceil_mode: bool = False) -> Array:
     """Y = max over each window of X padded with -inf (torch.nn.functional.max_pool2d).
 
     Args:
@@ -273,8 +275,9 @@ def max_pool2d(x: ArrayLike, *, window, stride=None, padding=0, dilation=1,
     return _like(y, x)
 
 
-def avg_pool2d(x: ArrayLike, *, window, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None) -> Array:
+def avg_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = None,
+               padding: IntOrPair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None) -> Array:
     """Y = the sum over each window of X padded with zeros, divided by the window's
     divisor D (torch.nn.functional.avg_pool2d).
 
@@ -295,8 +298,9 @@ def avg_pool2d(x: ArrayLike, *, window, stride=None, padding=0, ceil_mode=False,
     return _like(_scale(total, d), x)
 
 
-def max_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window, stride=None, padding=0,
-                        dilation=1, ceil_mode=False) -> Array:
+def max_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window: IntOrPair,
+                        stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                        dilation: IntOrPair = 1, ceil_mode: bool = False) -> Array:
     """dX: each dY entry routed to the first argmax of its window (see the module doc).
 
     Args:
@@ -318,9 +322,10 @@ def max_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window, stride=None, pad
     return _like(_crop(dx_pad, g), x)
 
 
-def avg_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True,
-                        divisor_override=None) -> Array:
+def avg_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window: IntOrPair,
+                        stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                        ceil_mode: bool = False, count_include_pad: bool = True,
+                        divisor_override: int | None = None) -> Array:
     """dX: dY / D spread over every pixel of its window (see the module doc).
 
     Args:

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["Array", "ArrayLike", "Pair", "PadPairs", "is_int", "int_pair", "pad_pairs",
-           "span", "out_size", "remainder", "windows", "unwindow"]
+__all__ = ["Array", "ArrayLike", "Pair", "PadPairs", "IntOrPair", "Padding", "is_int",
+           "int_pair", "pad_pairs", "span", "out_size", "remainder", "windows", "unwindow"]
 
 # jax.Array and jax.typing.ArrayLike, spelled with the modules manual/ may import
 # (jnp.ndarray is jax.Array): the type hints of the public functions.
@@ -41,6 +41,8 @@ Array = jnp.ndarray
 ArrayLike = jnp.ndarray | np.ndarray | np.bool_ | np.number | bool | int | float | complex
 Pair = tuple[int, int]
 PadPairs = tuple[Pair, Pair]
+IntOrPair = int | Pair                   # stride, dilation, window: one int for both axes
+Padding = int | Pair | PadPairs | str    # conv2d's padding; str: "same" or "valid"
 
 
 def is_int(v: object) -> bool:

@@ -6,16 +6,20 @@ conv2d's forward and weight gradient in swapped roles — a different derivation
 own parameters (output_padding, and a kernel laid out (C_in, C_out / G, k_h, k_w)), and
 the conv family's rows compare its two implementations of conv2d's backward.
 
-The oracle differentiates the hand forward (``lax.conv_general_dilated`` with the stride
-as an input dilation); the witness is the float64 finite difference of
-<dY, conv_transpose2d(x, w, b)>. ``TransposeConfig`` and ``draw_config`` define the
-sweep space of the hypothesis sweep in suite/tests/test_conv_transpose.py.
+The oracle is jax.vjp of the transposed convolution built the textbook way,
+``dilated_conv_transpose2d`` (see there for why not of manual.conv.conv_transpose2d
+itself, which the forward tests and the benchmarks use); the witness is the float64
+finite difference of <dY, conv_transpose2d(x, w, b)>. ``TransposeConfig`` and
+``draw_config`` define the sweep space of the hypothesis sweep in
+suite/tests/test_conv_transpose.py.
 """
 
 import dataclasses
 import functools
 
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from manual import conv
 from suite.cases import Family, register, register_family
@@ -105,12 +109,48 @@ class TransposeConfig:
                     dy=host_normal(k["dy"], batch + (self.c_out,) + self.out(), dtype))
 
 
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def dilated_conv_transpose2d(x, w, b, *, stride=1, padding=0, output_padding=0, dilation=1,
+                             groups=1):
+    """conv_transpose2d built the textbook way (Dumoulin & Visin, 2016): s - 1 zeros
+    inserted between the input pixels, the result padded by (k - 1)·d - p_lo before and
+    (k - 1)·d - p_hi + output_padding after (a negative amount crops), then a stride-1
+    conv2d with the kernel flipped and its in/out channels swapped per group.
+
+    The same function as ``manual.conv.conv_transpose2d``; it is the one the oracle
+    differentiates. That one folds the zeros into the convolution (an input dilation),
+    as ``lax.conv_transpose`` does, and XLA 0.10's CPU algebraic simplifier CHECK-fails
+    (aborting the process) compiling JAX's own transpose of some such grouped
+    convolutions — e.g. x (3, 9, 4, 3), w (9, 2, 2, 4), groups 3, stride (4, 2),
+    padding (1, 3), output_padding (3, 0) — whatever writes the forward; the transpose of
+    this formulation (a strided slice, and an undilated convolution) compiles.
+    """
+    stride, dilation, op = _pair(stride), _pair(dilation), _pair(output_padding)
+    pads = _pads(_pair(padding) if isinstance(padding, int) or isinstance(padding[0], int)
+                 else padding)
+    c_in, o_g, kh, kw = w.shape
+    c_g = c_in // groups
+    w_conv = (w.reshape(groups, c_g, o_g, kh, kw).transpose(0, 2, 1, 3, 4)
+              .reshape(groups * o_g, c_g, kh, kw)[:, :, ::-1, ::-1])
+    config = [(0, 0, 0)] * (x.ndim - 2) + [
+        ((k - 1) * d - lo, (k - 1) * d - hi + o, s - 1)
+        for k, d, (lo, hi), o, s in zip((kh, kw), dilation, pads, op, stride, strict=True)]
+    x_up = lax.pad(x, jnp.zeros((), x.dtype), config)
+    return conv.conv2d(x_up, w_conv, b, dilation=dilation, groups=groups)
+
+
 def transpose_case(name, config, *, tier="test", **kwargs):
-    """A vjp_case of conv_transpose2d for ``config``: the oracle is jax.vjp of the hand
-    forward, the manual side conv_transpose2d_backward."""
+    """A vjp_case of conv_transpose2d for ``config``: the oracle is jax.vjp of
+    ``dilated_conv_transpose2d`` (benchmarks: of manual.conv.conv_transpose2d itself,
+    since their point is the cost of jax.grad of the layer as written), the manual side
+    conv_transpose2d_backward."""
+    forward = conv.conv_transpose2d if tier == "bench" else dilated_conv_transpose2d
     return vjp_case(
         name=name, family="conv_transpose", build=config.build, tier=tier,
-        forward=functools.partial(conv.conv_transpose2d, **config.kwargs),
+        forward=functools.partial(forward, **config.kwargs),
         backward=functools.partial(conv.conv_transpose2d_backward, **config.kwargs),
         primals=("x", "w", "b"), sizes=config.sizes, **kwargs)
 
