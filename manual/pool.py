@@ -15,9 +15,12 @@ e = (k - 1)·d + 1 the span of a window::
     H_out = ⌈(H + 2p - e) / s⌉ + 1, less one if window H_out - 1 would start at or
             after H + p, in the right padding          (ceil_mode=True, torch's rule)
 
+(in padded coordinates window i starts at row i·s).
+
 **ceil_mode.** The ceiling keeps a last, partial window that the floor drops: it starts
 inside the input or the left padding (torch drops one that would start in the right
-padding, so each window holds a real row) and hangs up to s - 1 rows past the padding.
+padding, so each undilated window holds a real row) and hangs up to s - 1 rows past the
+padding.
 Those overhanging taps read nothing: -inf for max, 0 for avg, i.e. X̃ is padded by
 p + ex after, ex = max(0, (H_out - 1)·s + e - (H + 2p)); they get no gradient. The
 window's divisor counts only what it covers (below). The backward is unchanged but for
@@ -59,10 +62,11 @@ A dilated max window can hold no real pixel at all (its taps stepping over the i
 into the padding on both sides, e.g. H = 2, k = 2, p = 1, d = 3). As torch, its output is
 -inf and it sends no gradient (its first tap, a pad, "wins" the tie of -infs).
 
-Dilated max pooling is written with the window's taps (strided slices), an argmax over
-them and a gather: JAX implements no VJP for ``lax.reduce_window`` with window dilation,
-and this form keeps ``jax.grad`` of the forward available, with the same tie convention
-(``jnp.argmax`` returns the first maximum). Undilated pooling is ``lax.reduce_window``.
+Dilated max pooling is written with the window's taps (strided slices) and a running
+maximum that a later tap replaces only when strictly greater (``jnp.where``): JAX
+implements no VJP for ``lax.reduce_window`` with window dilation, and this form keeps
+``jax.grad`` of the forward available with the same tie convention (the gradient of a
+``where`` goes to the tap it kept). Undilated pooling is ``lax.reduce_window``.
 
 Sources: J. Bouvrie, "Notes on Convolutional Neural Networks" (2006), subsampling
 layers; the convolution-backprop posts of the source notes; PyTorch's pooling shape and
@@ -268,10 +272,12 @@ def max_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = No
     if g.dilation == (1, 1):
         y = lax.reduce_window(x4, np.asarray(-np.inf, x4.dtype)[()], lax.max,
                               (1, 1) + g.window, (1, 1) + g.stride, ((0, 0), (0, 0)) + g.pads)
-    else:  # the taps, their first argmax, and a gather (see the module docstring)
-        taps = jnp.stack(windows.windows(_padded(x4, g, -np.inf), g.window, g.stride,
-                                         g.dilation, g.out))
-        y = jnp.take_along_axis(taps, jnp.argmax(taps, axis=0)[None], axis=0)[0]
+    else:  # the taps and a running maximum (see the module docstring)
+        taps = windows.windows(_padded(x4, g, -np.inf), g.window, g.stride, g.dilation,
+                               g.out)
+        y = taps[0]
+        for tap in taps[1:]:
+            y = jnp.where(tap > y, tap, y)  # a later tap replaces only a strictly smaller
     return _like(y, x)
 
 

@@ -267,22 +267,32 @@ def test_dilated_window_of_padding_only_gives_minus_inf_and_no_gradient_as_torch
     # padding (torch 2.13 gives -inf and a zero gradient too)
     x = jnp.arange(4.0).reshape(1, 1, 2, 2)
     kw = dict(window=2, stride=1, padding=1, dilation=3)
-    y = pool.max_pool2d(x, **kw)
+
+    @jax.jit
+    def run_all(x):
+        y = pool.max_pool2d(x, **kw)
+        return (y, pool.max_pool2d_backward(x, jnp.ones_like(y), **kw),
+                jax.grad(lambda x: pool.max_pool2d(x, **kw).sum())(x))
+    y, dx, autodiff = run_all(x)
     assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == -np.inf
-    dx = _jit(pool.max_pool2d_backward, **kw)(x, jnp.ones_like(y))
     np.testing.assert_array_equal(dx, jnp.zeros_like(x))
-    np.testing.assert_array_equal(dx, jax.grad(lambda x: pool.max_pool2d(x, **kw).sum())(x))
+    np.testing.assert_array_equal(autodiff, jnp.zeros_like(x))
 
 
 def test_dilated_max_pool_ties_follow_jax_as_well():
-    # the dilated forward is an argmax over the taps (not reduce_window); its jax.grad
-    # must route ties like the undilated one: to the first tap in row-major order
+    # the dilated forward is a running maximum over the taps (not reduce_window); its
+    # jax.grad must route ties like the undilated one: to the first tap in row-major order
     x = jnp.asarray(np.random.default_rng(6).integers(0, 2, (1, 2, 7, 7)), jnp.float64)
     kw = dict(window=3, stride=(1, 2), padding=1, dilation=2, ceil_mode=True)
-    dy = jnp.asarray(np.random.default_rng(7).normal(size=pool.max_pool2d(x, **kw).shape))
-    dx = _jit(pool.max_pool2d_backward, **kw)(x, dy)
+    shape = jax.eval_shape(functools.partial(pool.max_pool2d, **kw), x).shape
+    dy = jnp.asarray(np.random.default_rng(7).normal(size=shape))
+
+    @jax.jit
+    def both(x, dy):
+        return (pool.max_pool2d_backward(x, dy, **kw),
+                jax.vjp(lambda x: pool.max_pool2d(x, **kw), x)[1](dy)[0])
+    dx, vjp = both(x, dy)
     # (the scatter-adds sum in different orders: rounding, where a misrouted dY is O(1))
-    vjp = jax.vjp(lambda x: pool.max_pool2d(x, **kw), x)[1](dy)[0]
     np.testing.assert_allclose(dx, vjp, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(dx, naive_max_pool_backward(np.asarray(x), np.asarray(dy),
                                                            (3, 3), (1, 2), (1, 1), (2, 2), True),
