@@ -43,7 +43,10 @@ its own window only, so each pixel collects from every window it lies in:
           The max is locally the identity on its argmax and constant in the others
           (Bouvrie's subsampling layer with max instead of mean: the "switches"). With
           dilation, the window's taps are d apart: the argmax runs over the taps
-          (i·s + a·d, j·s + β·d) only, and the scatter puts dY back at that tap.
+          (i·s + a·d, j·s + β·d) only, and the scatter puts dY back at that tap. The
+          first argmax is the last tap that beat the running maximum strictly, so a
+          forward sweep over the taps records which did, and a backward sweep hands
+          dY to the last of them (tap 0 if none did).
     avg:  dX̃[n,c,u,v] = Σ_{i,j : (u,v) in window (i,j)} dY[n,c,i,j] / D[i,j]
           The transpose of the window sum, scaled by the same per-window divisor: every
           pixel of a window gets an equal share of the window's gradient.
@@ -240,14 +243,25 @@ def _scale(y, d):
     return y / jnp.asarray(d, y.dtype)[None, None]
 
 
-def _first_argmax(taps):
-    """Per output, the index of the first maximal tap in row-major window order."""
-    best, arg = taps[0], jnp.zeros(taps[0].shape, jnp.int32)
-    for k, tap in enumerate(taps[1:], start=1):
-        later_wins = tap > best  # a later tap wins only if strictly greater: ties go first
-        best = jnp.where(later_wins, tap, best)
-        arg = jnp.where(later_wins, k, arg)
-    return arg
+def _routes(taps, dy):
+    """dY routed to each window's first maximal tap: one array per tap, dY or 0.
+
+    The first maximum in row-major tap order is the last tap that beat the running
+    maximum strictly. A forward sweep records, per tap, whether it did
+    (beat_k = tap_k > max(tap_0..tap_{k-1})); a backward sweep hands dY to the last tap
+    that did, and to tap 0 if none did.
+    """
+    best, beat = taps[0], []
+    for tap in taps[1:]:
+        beat.append(tap > best)
+        best = jnp.where(beat[-1], tap, best)
+    zero = jnp.zeros_like(dy)
+    routed, rest = [None] * len(taps), dy  # rest: dY not yet handed to a later tap
+    for k in range(len(taps) - 1, 0, -1):
+        routed[k] = jnp.where(beat[k - 1], rest, zero)
+        rest = jnp.where(beat[k - 1], zero, rest)
+    routed[0] = rest
+    return routed
 
 
 def max_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = None,
@@ -321,10 +335,7 @@ def max_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window: IntOrPair,
                       dilation=dilation, ceil_mode=ceil_mode)
     x4, dy4 = _batched(x), _batched(dy)
     taps = windows.windows(_padded(x4, g, -np.inf), g.window, g.stride, g.dilation, g.out)
-    arg = _first_argmax(taps)
-    zero = jnp.zeros_like(dy4)
-    routed = [jnp.where(arg == k, dy4, zero) for k in range(len(taps))]
-    dx_pad = windows.unwindow(routed, g.padded, g.window, g.stride, g.dilation)
+    dx_pad = windows.unwindow(_routes(taps, dy4), g.padded, g.window, g.stride, g.dilation)
     return _like(_crop(dx_pad, g), x)
 
 
