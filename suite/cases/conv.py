@@ -18,6 +18,10 @@ from suite.cases import Family, register, register_family
 from suite.cases.common import normal as host_normal
 from suite.cases.common import split, vjp_case
 
+__all__ = ["IMPLEMENTATIONS", "ConvConfig", "resolve_padding", "padded_conv2d", "conv_case",
+           "draw_config", "implementation_of", "NAMED", "NAMED_CONFIGS", "SWEEP",
+           "SWEEP_EXAMPLES"]
+
 
 def implementation_of(case_name):
     return "im2col" if case_name.startswith("conv/im2col/") else "lax"

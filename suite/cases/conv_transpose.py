@@ -26,8 +26,8 @@ from suite.cases import Family, register, register_family
 from suite.cases.common import normal as host_normal
 from suite.cases.common import split, vjp_case
 
-__all__ = ["TransposeConfig", "transpose_case", "draw_config", "NAMED", "NAMED_CONFIGS",
-           "SWEEP", "SWEEP_EXAMPLES"]
+__all__ = ["TransposeConfig", "dilated_conv_transpose2d", "transpose_case", "draw_config",
+           "NAMED", "NAMED_CONFIGS", "SWEEP", "SWEEP_EXAMPLES"]
 
 register_family(Family(
     name="conv_transpose",
