@@ -430,7 +430,7 @@ def input_gradient(dy: ArrayLike, w: ArrayLike, g: Geometry) -> Array:
         dilate = g.stride
     # A negative pad (p > (k - 1)·d) crops: at stride 1 each output row is one padded
     # row, so the same crop is a slice of the result; no negatively padded convolution
-    # reaches XLA (whose transpose, under jax.vjp of conv_transpose2d, is fragile).
+    # reaches XLA (whose transpose, under JAX's vjp of conv_transpose2d, is fragile).
     crop = [(max(0, -lo), max(0, -hi)) for lo, hi in pad]
     dx = lax.conv_general_dilated(
         dy, w_flipped, window_strides=(1, 1), padding=[(max(0, lo), max(0, hi))

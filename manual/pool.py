@@ -68,7 +68,7 @@ into the padding on both sides, e.g. H = 2, k = 2, p = 1, d = 3). As torch, its 
 Dilated max pooling is written with the window's taps (strided slices) and a running
 maximum that a later tap replaces only when strictly greater (``jnp.where``): JAX
 implements no VJP for ``lax.reduce_window`` with window dilation, and this form keeps
-``jax.grad`` of the forward available with the same tie convention (the gradient of a
+JAX's gradient of the forward available with the same tie convention (the gradient of a
 ``where`` goes to the tap it kept). Undilated pooling is ``lax.reduce_window``.
 
 Sources: J. Bouvrie, "Notes on Convolutional Neural Networks" (2006), subsampling
