@@ -40,10 +40,11 @@ def check_backward(forward, backward, primals, dy=None, *, seed=0, raise_on_fail
       raise_on_fail: raise AssertionError unless the row passes.
 
     Returns:
-      The row (a dict, see suite.run.COLUMNS).
+      The row as a dict (see suite.results.COLUMNS).
     """
     if not isinstance(primals, dict) or not primals:
-        raise ValueError(f"primals must be a non-empty dict of name -> array, got {type(primals).__name__}")
+        raise ValueError("primals must be a non-empty dict of name -> array, got "
+                         f"{type(primals).__name__}")
     dtypes = {jnp.result_type(x) for x in primals.values()}
     if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
         raise ValueError(f"primals must share one floating dtype, got {sorted(map(str, dtypes))}")
@@ -56,9 +57,10 @@ def check_backward(forward, backward, primals, dy=None, *, seed=0, raise_on_fail
     inputs = dict(primals, dy=jnp.asarray(dy, dtype))
     case = vjp_case(name="user/backward", family="user", build=lambda key, dt: inputs,
                     forward=forward, backward=backward, primals=tuple(primals), seed=seed)
-    row = run_case(case, np.dtype(dtype).name, timing=False)
+    result = run_case(case, np.dtype(dtype).name, timing=False)
+    row = result.as_dict()
     if row["status"] == "ERROR":
-        row["message"] += "\n" + row.pop("traceback", "")
+        row["message"] += "\n" + result.traceback
     if raise_on_fail and row["status"] != "PASS":
         raise AssertionError(f"{row['status']}: {row['message']}")
     return row

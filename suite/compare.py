@@ -33,6 +33,7 @@ class Tolerance:
     normwise: float  # bound on ||a - b|| / ||b||
     rtol: float      # elementwise relative band
     atol: float      # elementwise absolute band, as a fraction of max |b|
+    why: str = ""    # the justification, quoted by the report's method section
 
 
 # One table. u is the unit roundoff (2^-53 for float64, 2^-24 for float32). Both sides
@@ -41,17 +42,19 @@ class Tolerance:
 # growth, gamma_K = K·u in the worst case), and each further stage (layer, time step,
 # Hessian block) adds its own share times the local condition number.
 TOLERANCES = {
-    # normwise 1e-12 ≈ 9000·u: room for sqrt(K)·u with K up to ~10^6-term sums and a
-    # few dozen chained stages; a real bug (a missing term, a transposed factor, a 1e-6
-    # relative slip) is 6 orders of magnitude above it. The elementwise band is a guard
-    # against a single bad entry that a large leaf's norm would hide: 1e-9 relative and
-    # 1e-11 of the leaf's scale are still ~10^5·u.
-    "float64": Tolerance(normwise=1e-12, rtol=1e-9, atol=1e-11),
-    # normwise 1e-5 ≈ 170·u: the same budget in float32 units, with the square-root
-    # growth of 10^4-term sums (100·u) and a factor 1.7 for chained stages. rtol 1e-3
-    # admits float32's poorer relative accuracy on entries that partly cancel; atol 1e-5
-    # of the leaf's scale matches the normwise bound.
-    "float32": Tolerance(normwise=1e-5, rtol=1e-3, atol=1e-5),
+    "float64": Tolerance(
+        normwise=1e-12, rtol=1e-9, atol=1e-11,
+        why="normwise 1e-12 ≈ 9000·u: room for sqrt(K)·u with K up to ~10^6-term sums and "
+            "a few dozen chained stages; a real bug (a missing term, a transposed factor, a "
+            "1e-6 relative slip) is 6 orders of magnitude above it. The elementwise band "
+            "guards against a single bad entry that a large leaf's norm would hide: 1e-9 "
+            "relative and 1e-11 of the leaf's scale are still ~10^5·u."),
+    "float32": Tolerance(
+        normwise=1e-5, rtol=1e-3, atol=1e-5,
+        why="normwise 1e-5 ≈ 170·u: the same budget in float32 units, with the square-root "
+            "growth of 10^4-term sums (100·u) and a factor 1.7 for chained stages. rtol 1e-3 "
+            "admits float32's poorer relative accuracy on entries that partly cancel; atol "
+            "1e-5 of the leaf's scale matches the normwise bound."),
 }
 
 # Finite-difference witness (float64 only; see reference/finite_diff.py): the
@@ -145,14 +148,15 @@ def compare(actual, expected, dtype):
         leaf = _failed_leaf("", f"structure {tree_a} != expected {tree_b}")
         return Comparison((leaf,), False, leaf.message)
     leaves = tuple(compare_leaf(a, b, tol, jax.tree_util.keystr(path) or "out")
-                   for (path, a), (_, b) in zip(flat_a, flat_b))
+                   for (path, a), (_, b) in zip(flat_a, flat_b, strict=True))
     failed = [leaf.message for leaf in leaves if not leaf.passed]
     return Comparison(leaves, not failed, "; ".join(failed))
 
 
 def _vdot(u, v):  # on the host, in float64: no compile per leaf shape
     return float(sum(np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64))
-                     for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v))))
+                     for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v),
+                                     strict=True)))
 
 
 def _norm(u):

@@ -40,7 +40,7 @@ def away_from_zero(key, shape, dtype, margin=0.1):
 
 def split(key, names):
     """A dict of independent subkeys, one per name."""
-    return dict(zip(names, jax.random.split(key, len(names))))
+    return dict(zip(names, jax.random.split(key, len(names)), strict=True))
 
 
 def _as_tuple(out):
@@ -84,9 +84,9 @@ def mlp_params(key, widths, dtype):
 
 
 def _mlp_params_np(rng, widths, dtype):
-    return tuple((jnp.asarray(rng.normal(0.0, widths[l] ** -0.5, (widths[l], widths[l + 1])), dtype),
-                  jnp.asarray(rng.normal(0.0, 0.1, (widths[l + 1],)), dtype))
-                 for l in range(len(widths) - 1))
+    return tuple((jnp.asarray(rng.normal(0.0, n_in ** -0.5, (n_in, n_out)), dtype),
+                  jnp.asarray(rng.normal(0.0, 0.1, (n_out,)), dtype))
+                 for n_in, n_out in zip(widths[:-1], widths[1:], strict=True))
 
 
 def mlp_targets(key, n, m, loss, dtype):

@@ -26,7 +26,7 @@ BACKWARDS = {"lax": conv.conv2d_backward, "im2col": im2col.conv2d_im2col_backwar
 
 
 def _explain(row):
-    return f"{row['case']} {row['dtype']}: {row['status']}: {row['message']}\n{row.get('traceback', '')}"
+    return f"{row.case} {row.dtype}: {row.status}: {row.message}\n{row.traceback}"
 
 
 def naive_conv2d(x, w, b, stride, padding, dilation, groups):
@@ -222,7 +222,7 @@ def _db_mean(x, w, b, dy, **kw):
 ])
 def test_planted_bug_fails(label, bug, leaf):
     row = _row_with_backward(label, bug)
-    assert row["status"] == "FAIL" and leaf in row["message"], _explain(row)
+    assert row.status == "FAIL" and leaf in row.message, _explain(row)
 
 
 @pytest.mark.parametrize("label", ["basic", "dilation"])
@@ -240,13 +240,13 @@ def test_planted_col2im_that_overwrites_instead_of_adding_fails(label, monkeypat
 
     monkeypatch.setattr(_windows, "unwindow", overwrite)
     row = _row_with_backward(label, im2col.conv2d_im2col_backward)
-    assert row["status"] == "FAIL" and ".dx" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
 
 def test_the_planting_harness_passes_the_truth():
     for impl in ("lax", "im2col"):
         row = _row_with_backward("mixed-pairs", BACKWARDS[impl])
-        assert row["status"] == "PASS", _explain(row)
+        assert row.status == "PASS", _explain(row)
 
 
 def test_dw_with_stride_and_dilation_swapped_fails():
@@ -258,7 +258,7 @@ def test_dw_with_stride_and_dilation_swapped_fails():
                 conv._weight_gradient(x, dy, g.replace(stride=g.dilation, dilation=g.stride)),
                 dy.sum(axis=(0, 2, 3)))
     row = _row_with_backward("mixed-pairs", swapped)
-    assert row["status"] == "FAIL" and ".dw" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dw" in row.message, _explain(row)
 
 
 # --- the hypothesis sweep ---------------------------------------------------------------
@@ -272,7 +272,7 @@ def _sweep_one(config, impl, witness):
     case = conv_cases.conv_case("conv/hypothesis", config, implementation=impl)
     for dtype in ("float32", "float64"):
         row = run.run_case(case, dtype, timing=False, fd=witness)
-        assert row["status"] == "PASS", f"{config}\n{_explain(row)}"
+        assert row.status == "PASS", f"{config}\n{_explain(row)}"
 
 
 def _sweep(tier, impl):

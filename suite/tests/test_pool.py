@@ -25,7 +25,7 @@ BACKWARDS = {"max": pool.max_pool2d_backward, "avg": pool.avg_pool2d_backward}
 
 
 def _explain(row):
-    return f"{row['case']} {row['dtype']}: {row['status']}: {row['message']}\n{row.get('traceback', '')}"
+    return f"{row.case} {row.dtype}: {row.status}: {row.message}\n{row.traceback}"
 
 
 def _jit(fn, **kw):
@@ -146,7 +146,7 @@ def _tie_case(backward, window=(3, 3), stride=(1, 2), padding=(1, 1)):
 def test_tie_convention_matches_jax_through_the_suite(dtype):
     # no finite-difference witness here: at a tie the max is not differentiable
     row = run.run_case(_tie_case(pool.max_pool2d_backward), dtype, timing=False, fd=False)
-    assert row["status"] == "PASS", _explain(row)
+    assert row.status == "PASS", _explain(row)
 
 
 def test_ties_with_numpy_loops():
@@ -160,7 +160,7 @@ def test_ties_with_numpy_loops():
 
 def test_planted_last_maximum_on_ties_fails():
     row = run.run_case(_tie_case(_last), "float64", timing=False, fd=False)
-    assert row["status"] == "FAIL" and ".dx" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
 
 def _last(x, dy, *, window, stride, padding):
@@ -273,20 +273,20 @@ def _overwriting_unwindow():
 ])
 def test_planted_bug_fails(kind, label, bug):
     row = _row_with_backward(kind, label, bug)
-    assert row["status"] == "FAIL" and ".dx" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_planted_overlap_overwritten_instead_of_added_fails(kind, monkeypatch):
     monkeypatch.setattr(_windows, "unwindow", _overwriting_unwindow())
     row = _row_with_backward(kind, "3x3-s1-p1", BACKWARDS[kind])
-    assert row["status"] == "FAIL" and ".dx" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
 
 def test_the_planting_harness_passes_the_truth():
     for kind in ("max", "avg"):
         row = _row_with_backward(kind, "3x3-s1-p1", BACKWARDS[kind])
-        assert row["status"] == "PASS", _explain(row)
+        assert row.status == "PASS", _explain(row)
 
 
 # --- the hypothesis sweep ---------------------------------------------------------------
@@ -300,7 +300,7 @@ def _sweep_one(config, kind, witness):
     case = pool_cases.pool_case("pool/hypothesis", config, kind)
     for dtype in ("float32", "float64"):
         row = run.run_case(case, dtype, timing=False, fd=witness)
-        assert row["status"] == "PASS", f"{config}\n{_explain(row)}"
+        assert row.status == "PASS", f"{config}\n{_explain(row)}"
 
 
 @pytest.mark.parametrize("tier", [

@@ -23,13 +23,13 @@ def _params(tiers):
 
 
 def _explain(row):
-    return f"{row['case']} {row['dtype']}: {row['status']}: {row['message']}\n{row.get('traceback', '')}"
+    return f"{row.case} {row.dtype}: {row.status}: {row.message}\n{row.traceback}"
 
 
 @pytest.mark.parametrize("case,dtype", _params(("test", "slow")))
 def test_case_matches_autodiff(case, dtype):
     row = run.run_case(case, dtype, timing=False)
-    assert row["status"] == "PASS", _explain(row)
+    assert row.status == "PASS", _explain(row)
 
 
 def _first_case_of_each_family():
@@ -42,7 +42,7 @@ def _first_case_of_each_family():
 @pytest.mark.parametrize("case", _first_case_of_each_family())
 def test_planted_one_element_slip_fails_float64(case):
     row = run.run_case(plant(case, manual=nudge_one_element), "float64", timing=False, fd=False)
-    assert row["status"] == "FAIL", _explain(row)
+    assert row.status == "FAIL", _explain(row)
 
 
 @pytest.mark.parametrize("case", _first_case_of_each_family())
@@ -51,9 +51,11 @@ def test_planted_shared_mistake_is_caught_by_finite_differences(case):
     # finite-difference witness, which shares no code with either, can object.
     if case.objective is None:
         pytest.skip("this family's first case has no objective for a witness")
-    double = lambda out: scale(out, 2.0)
+    def double(out):
+        return scale(out, 2.0)
+
     row = run.run_case(plant(case, manual=double, reference=double), "float64", timing=False)
-    assert row["status"] == "FAIL" and "finite-difference" in row["message"], _explain(row)
+    assert row.status == "FAIL" and "finite-difference" in row.message, _explain(row)
 
 
 def test_names_are_unique_and_families_have_test_cases():
@@ -61,14 +63,15 @@ def test_names_are_unique_and_families_have_test_cases():
     assert len(names) == len(set(names))
     for family in registry.families():
         assert registry.cases(family=family.name), f"family {family.name} has no cases"
-        assert all(c.name.startswith(family.name + "/") for c in registry.cases(family=family.name, tiers=None))
+        names = [c.name for c in registry.cases(family=family.name, tiers=None)]
+        assert all(n.startswith(family.name + "/") for n in names)
 
 
 def test_a_builder_that_ignores_the_dtype_is_an_error_row():
     case = registry.cases(tiers=("test",))[0]
     sloppy = dataclasses.replace(case, build=lambda key, dtype: case.build(key, "float64"))
     row = run.run_case(sloppy, "float32", timing=False)
-    assert row["status"] == "ERROR" and "float64" in row["message"], _explain(row)
+    assert row.status == "ERROR" and "float64" in row.message, _explain(row)
 
 
 def test_unknown_family_and_case_are_value_errors():
