@@ -21,14 +21,19 @@ float64, for which the witness is good to about eps^(4/5) ≈ 3e-13 and
 eps^(2/3) ≈ 4e-11 relative to the scale of the derivative.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["step", "directional_derivative", "random_direction"]
+
 _ORDERS = (1, 2)
 
 
-def step(dtype, order):
+def step(dtype: Any, order: int) -> float:
     """The finite-difference step for ``dtype`` and derivative ``order`` (see module doc)."""
     if order not in _ORDERS:
         raise ValueError(f"order must be 1 or 2, got {order}")
@@ -45,7 +50,8 @@ def _offsets(order):
     return (0.5, -0.5, 1.0, -1.0) if order == 1 else (0.5, -0.5, 1.0, -1.0, 0.0)
 
 
-def directional_derivative(f, x, v, *, order=1, h=None):
+def directional_derivative(f: Callable, x: Any, v: Any, *, order: int = 1,
+                           h: float | None = None) -> float:
     """f'[v] (order 1) or f''[v, v] (order 2) of scalar ``f`` at pytree ``x``.
 
     All evaluations of ``f`` run in one compiled program (a handful of forward passes),
@@ -60,6 +66,14 @@ def directional_derivative(f, x, v, *, order=1, h=None):
 
     Returns:
       A Python float.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> f = lambda x: jnp.sum(x ** 3)
+        >>> x, v = jnp.array([1.0, 2.0]), jnp.array([0.6, 0.8])
+        >>> round(directional_derivative(f, x, v), 2)  # 3 (0.6 + 4 · 0.8) = 11.4
+        11.4
     """
     leaves = jax.tree_util.tree_leaves(x)
     dtype = jnp.result_type(*leaves)
@@ -78,7 +92,7 @@ def directional_derivative(f, x, v, *, order=1, h=None):
     return (4.0 * d_half - d_h) / 3.0
 
 
-def random_direction(seed, x):
+def random_direction(seed: int, x: Any) -> Any:
     """A standard-normal direction shaped like pytree ``x``, scaled to unit 2-norm.
 
     Drawn by numpy from an integer ``seed`` (a jax.random draw would compile a sampler
@@ -88,5 +102,6 @@ def random_direction(seed, x):
     rng = np.random.default_rng(seed)
     v = [rng.standard_normal(np.shape(leaf)) for leaf in leaves]
     norm = np.sqrt(sum(float(np.vdot(vi, vi)) for vi in v))
-    return jax.tree_util.tree_unflatten(
-        treedef, [jnp.asarray(vi / norm, jnp.result_type(leaf)) for vi, leaf in zip(v, leaves)])
+    unit = [jnp.asarray(vi / norm, jnp.result_type(leaf))
+            for vi, leaf in zip(v, leaves, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, unit)
