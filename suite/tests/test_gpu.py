@@ -1,6 +1,7 @@
-"""On a GPU: the suite computes there, at full precision. Skipped where there is no GPU.
+"""On an accelerator: the suite computes there, at full precision. Skipped without one.
 
-scripts/accelerator-check runs these (with the rest of the suite) on a GPU machine.
+scripts/accelerator-check runs these (with the rest of the suite) on a GPU machine; the
+`tpu` variants run wherever a TPU is attached.
 """
 
 import jax
@@ -11,7 +12,8 @@ import pytest
 from suite import cases as registry
 from suite.run import environment, resolve_device, run_case
 
-pytestmark = pytest.mark.gpu
+ACCELERATORS = [pytest.param("gpu", marks=pytest.mark.gpu),
+                pytest.param("tpu", marks=pytest.mark.tpu)]
 
 
 def _matmul_error(precision):
@@ -26,6 +28,7 @@ def _matmul_error(precision):
     return np.linalg.norm(out - exact) / np.linalg.norm(exact)
 
 
+@pytest.mark.gpu
 def test_float32_matmuls_run_at_full_precision():
     # float32 rounding of a 512-term dot product is ~sqrt(512)·u ≈ 1e-6 normwise; TF32
     # (10 mantissa bits) is ~1e-3. The suite's configure() pins "highest", so a float32
@@ -34,6 +37,7 @@ def test_float32_matmuls_run_at_full_precision():
     assert _matmul_error("highest") < 1e-5
 
 
+@pytest.mark.gpu
 def test_the_precision_check_can_fail():
     # The same product with TF32 allowed: on a GPU with tensor cores (Ampere and later)
     # the error is ~1e-3, which the bound above rejects. Older GPUs have no TF32.
@@ -43,12 +47,13 @@ def test_the_precision_check_can_fail():
     assert _matmul_error("tensorfloat32") > 1e-5
 
 
+@pytest.mark.parametrize("platform", ACCELERATORS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_case_runs_on_the_gpu_and_says_so(dtype):
-    gpu = resolve_device("gpu")
-    row = run_case(registry.get("linear/nonsquare"), dtype, device=gpu, timing=True,
+def test_a_case_runs_on_the_accelerator_and_says_so(platform, dtype):
+    device = resolve_device(platform)
+    row = run_case(registry.get("linear/nonsquare"), dtype, device=device, timing=True,
                    budget_s=0.05)
     assert row.status == "PASS", row.message
-    assert row.device == "gpu" and row.ratio is not None
-    env = environment(gpu)
-    assert env["platform"] == "gpu" and gpu.device_kind in env["device"]
+    assert row.device == platform and row.ratio is not None
+    env = environment(device)
+    assert env["platform"] == platform and device.device_kind in env["device"]
