@@ -22,6 +22,12 @@ node at a time, in reverse (Karpathy's "backprop ninja", the cs231n batchnorm_ba
     dmu    = -Σ (dxmu1 + dxmu2)
     dx     = dxmu1 + dxmu2 + dmu / M
 
+gamma, 1/sigma and dvar are constant over a feature, so they come out of the sums:
+dgamma = Σ dy (x - mu) / sigma, dinv = gamma Σ dy (x - mu) and dmu = -(gamma Σ dy /
+sigma + 2 dvar Σ (x - mu) / M). The x-sized sums are then Σ dy, Σ dy (x - mu) and
+Σ (x - mu) (zero in exact arithmetic; the graph has it, so the staged form keeps it),
+all read in one pass over x and dy, as in autodiff's own transpose of the forward.
+
 ``backward_fast`` is the same Jacobian collapsed into one expression (cs231n's
 "alternative" batchnorm_backward_alt), reusing the two sums dgamma and dbeta::
 
@@ -142,19 +148,26 @@ def backward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dy: ArrayLike, *,
     _check(x, gamma, beta, dy, eps)
     axes, m = _axes(x), _count(x)
     xmu, inv = _centre(x, eps)
-    x_hat = xmu * inv
-    dbeta = jnp.sum(dy, axis=axes)
-    dgamma = jnp.sum(dy * x_hat, axis=axes)
-    dx_hat = _feature(gamma, x.ndim) * dy
-    dinv = jnp.sum(dx_hat * xmu, axis=axes, keepdims=True)
+    g = _feature(gamma, x.ndim)
+
+    def total(a):  # Σ over the M values of each feature, kept broadcastable
+        return jnp.sum(a, axis=axes, keepdims=True)
+
+    # Per-feature factors (gamma, 1/sigma, dvar) come out of the sums, so the x-sized
+    # sums are Σ dy, Σ dy (x - mu) and Σ (x - mu): one pass over x and dy, as in
+    # autodiff's transpose of the forward.
+    dy_sum, dy_xmu_sum, xmu_sum = total(dy), total(dy * xmu), total(xmu)
+    dbeta = dy_sum
+    dgamma = dy_xmu_sum * inv                      # Σ dy x̂
+    dx_hat = g * dy
+    dinv = g * dy_xmu_sum                          # Σ dx̂ (x - mu)
     dxmu1 = dx_hat * inv
     dsigma = -dinv * inv * inv                     # d(1/sigma) = -dsigma / sigma²
     dvar = 0.5 * dsigma * inv                      # d sqrt(var + eps) = dvar / (2 sigma)
     dxmu2 = (2.0 / m) * xmu * dvar                 # var = 1/M Σ (x - mu)²
-    dxmu = dxmu1 + dxmu2
-    dmu = -jnp.sum(dxmu, axis=axes, keepdims=True)
-    dx = dxmu + dmu / m                            # mu = 1/M Σ x
-    return dx, dgamma, dbeta
+    dmu = -((g * dy_sum) * inv + (2.0 / m) * xmu_sum * dvar)  # -Σ (dxmu1 + dxmu2)
+    dx = dxmu1 + dxmu2 + dmu / m                   # mu = 1/M Σ x
+    return dx, dgamma.reshape(-1), dbeta.reshape(-1)
 
 
 def backward_fast(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dy: ArrayLike, *,
