@@ -16,15 +16,17 @@ their gradients sum over every leading axis::
     dgamma = Σ_rows dy ⊙ x̂
     g      = gamma ⊙ dy                     dE/dx̂
     dx     = (g - mean_j(g) - x̂ ⊙ mean_j(g ⊙ x̂)) / sigma
+           = (g - mean_j(g)) / sigma - (x - mu) ⊙ mean_j(g ⊙ (x - mu)) / sigma³
 
 The last line is the whole derivation. x̂_j depends on x_k directly (δ_jk / sigma),
 through mu (-1/(D sigma)) and through sigma (∂sigma/∂x_k = x̂_k / D, so
 -x̂_j x̂_k / (D sigma)); the Jacobian ∂x̂/∂x = (I - 1/D 11ᵀ - 1/D x̂ x̂ᵀ) / sigma is
 symmetric, and applying it to g gives dx without ever forming it (O(D) per row, not
-O(D²)). Subtracting both
-means makes dx orthogonal to the two directions the normalisation removes: Σ_j dx_j = 0
-(shifting a row changes nothing) and, for eps = 0, Σ_j dx_j (x_j - mu) = 0 (nor does
-scaling it).
+O(D²)). The second form of dx is the one computed: its row factors are scalars, so no
+x-sized x̂ is written out (XLA's transpose of the forward does not write one either).
+Subtracting both means makes dx orthogonal to the two directions the normalisation
+removes: Σ_j dx_j = 0 (shifting a row changes nothing) and, for eps = 0,
+Σ_j dx_j (x_j - mu) = 0 (nor does scaling it).
 
 Source: J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization" (2016); the
 backward is the batch-norm derivation of the cs231n notes (assignment 2) applied to
@@ -80,12 +82,10 @@ def _row(v, ndim):
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
-def _normalize(x, eps):
-    """(x̂, 1/sigma) per row; 1/sigma keeps its reduced axis (size 1) for broadcasting."""
-    mu = jnp.mean(x, axis=-1, keepdims=True)
-    xc = x - mu
-    rstd = lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + eps)
-    return xc * rstd, rstd
+def _centre(x, eps):
+    """(x - mu, 1/sigma) per row; 1/sigma keeps its reduced axis (size 1) for broadcasting."""
+    xc = x - jnp.mean(x, axis=-1, keepdims=True)
+    return xc, lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + eps)
 
 
 def forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, *, eps: float = 1e-5) -> Array:
@@ -101,8 +101,8 @@ def forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, *, eps: float = 1e-
       y: the shape and dtype of x.
     """
     _check(x, gamma, beta, None, eps)
-    x_hat, _ = _normalize(x, eps)
-    return _row(gamma, x.ndim) * x_hat + _row(beta, x.ndim)
+    xc, rstd = _centre(x, eps)
+    return _row(gamma, x.ndim) * (xc * rstd) + _row(beta, x.ndim)
 
 
 def backward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dy: ArrayLike, *,
@@ -120,11 +120,13 @@ def backward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dy: ArrayLike, *,
       (dx, dgamma, dbeta) with the shapes of (x, gamma, beta), in their dtype.
     """
     _check(x, gamma, beta, dy, eps)
-    x_hat, rstd = _normalize(x, eps)
+    xc, rstd = _centre(x, eps)
     rows = tuple(range(x.ndim - 1))  # gamma and beta are shared by every row
-    dgamma = jnp.sum(dy * x_hat, axis=rows)
+    dgamma = jnp.sum(dy * (xc * rstd), axis=rows)
     dbeta = jnp.sum(dy, axis=rows)
     g = _row(gamma, x.ndim) * dy
-    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
-                 - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True))
+    # x̂ mean(g x̂) / sigma = (x - mu) mean(g (x - mu)) / sigma³: per-row factors only, so
+    # no x-sized x̂ is written out (what keeps this at autodiff's memory traffic)
+    row_term = jnp.mean(g * xc, axis=-1, keepdims=True) * (rstd * rstd * rstd)
+    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)) - xc * row_term
     return dx, dgamma, dbeta
