@@ -45,3 +45,17 @@ def require_shape(name: str, x: ArrayLike, shape: tuple[int, ...]) -> None:
     """``x`` has exactly ``shape``."""
     if tuple(np.shape(x)) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(x)}")
+
+
+# jax.typing.ArrayLike and jax.Array, spelled with the modules manual/ may import
+# (jnp.ndarray is jax.Array): the type hints of the public functions.
+Array = jnp.ndarray
+ArrayLike = jnp.ndarray | np.ndarray | np.bool_ | np.number | bool | int | float | complex
+
+
+def require_positive(name, value):
+    """``value`` is a number > 0 (checked when it is a Python or numpy number; a JAX
+    array, traced or not, is taken as it is)."""
+    number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+    if not (number or hasattr(value, "dtype")) or (number and not value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
