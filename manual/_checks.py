@@ -10,7 +10,7 @@ import numpy as np
 
 from manual.types import ArrayLike
 
-__all__ = ["require_float", "require_rank", "require_floats", "require_shape"]
+__all__ = ["require_float", "require_rank", "require_floats", "require_shape", "require_positive"]
 
 
 def _describe(x: ArrayLike) -> str:
@@ -47,13 +47,7 @@ def require_shape(name: str, x: ArrayLike, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(x)}")
 
 
-# jax.typing.ArrayLike and jax.Array, spelled with the modules manual/ may import
-# (jnp.ndarray is jax.Array): the type hints of the public functions.
-Array = jnp.ndarray
-ArrayLike = jnp.ndarray | np.ndarray | np.bool_ | np.number | bool | int | float | complex
-
-
-def require_positive(name, value):
+def require_positive(name: str, value: object) -> None:
     """``value`` is a number > 0 (checked when it is a Python or numpy number; a JAX
     array, traced or not, is taken as it is)."""
     number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))

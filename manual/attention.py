@@ -63,7 +63,8 @@ Example::
 import jax.numpy as jnp
 import numpy as np
 
-from manual._checks import Array, ArrayLike, require_floats
+from manual._checks import require_floats
+from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward", "mha_forward", "mha_backward", "PARAM_NAMES"]
 

@@ -59,7 +59,8 @@ Example::
 import jax.numpy as jnp
 from jax import lax
 
-from manual._checks import Array, ArrayLike, require_float, require_positive, require_rank
+from manual._checks import require_float, require_positive, require_rank
+from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward", "backward_fast"]
 

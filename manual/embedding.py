@@ -37,7 +37,8 @@ Example::
 import jax.numpy as jnp
 import numpy as np
 
-from manual._checks import Array, ArrayLike, require_float, require_rank
+from manual._checks import require_float, require_rank
+from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward"]
 

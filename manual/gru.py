@@ -61,7 +61,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from manual import _bptt
-from manual._checks import Array, ArrayLike, require_floats
+from manual._checks import require_floats
+from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward", "randomized_weights", "PARAM_NAMES"]
 

@@ -150,4 +150,4 @@ def test_a_planted_overwrite_through_the_registry_case_fails():
         overwrite(inputs["table"], inputs["ids"], inputs["dy"]),))
     for dtype in ("float32", "float64"):
         row = run.run_case(planted, dtype, timing=False, fd=False)
-        assert row["status"] == "FAIL", row
+        assert row.status == "FAIL", row
