@@ -57,6 +57,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import time
 import traceback
 from typing import Any, Callable
@@ -87,6 +88,10 @@ OPTIONS = {
     "jit": "jit-compile yours (default True; falls back to eager if it cannot be traced)",
     "max_probes": "elements probed by one-sided finite differences per check (default 32)",
 }
+# Lists that collect every CheckResult a public check_* returns (suite.checkfile.recording
+# pushes one while a user's file runs, for ``backprop-suite check``).
+RECORDERS: list = []
+
 _DEFAULTS = dict(names=None, name=None, mode="full", fd=True, batched=True, determinism=True,
                  zero=True, dtype=True, jit=True, max_probes=32)
 _PERTURB_ULPS = 2.0  # the input perturbation that re-rolls rounding (see module doc)
@@ -266,7 +271,9 @@ class _Shape:
     """Prints as float32[4, 16]: a readable stand-in for a leaf in structure messages."""
 
     def __init__(self, x):
-        self.text = "None" if x is None else f"{jnp.result_type(x)}{list(np.shape(x))}"
+        dtype = getattr(x, "dtype", None)
+        name = np.dtype(dtype).name if dtype is not None else type(x).__name__
+        self.text = "None" if x is None else f"{name}{list(np.shape(x))}"
 
     def __repr__(self):
         return self.text
@@ -505,14 +512,18 @@ def _f64(x):
     return np.asarray(x).astype(np.float64)
 
 
-_INTERNAL = ("/jax/", "/jaxlib/", "/suite/", "/reference/", "/numpy/", "/contextlib.py",
-             "/functools.py")
+def _internal_paths():
+    import jaxlib
+    return (os.path.dirname(jax.__file__), os.path.dirname(jaxlib.__file__),
+            os.path.dirname(np.__file__), __file__, fdiff.__file__, cmp.__file__,
+            contextlib.__file__, functools.__file__)
 
 
 def _user_frame(err):
-    """' (at file:line in function)' for the innermost frame of the user's own code."""
+    """'at file:line in function: code' for the innermost frame of the user's own code."""
+    internal = _internal_paths()
     frames = [f for f in traceback.extract_tb(err.__traceback__)
-              if not any(part in f.filename.replace("\\", "/") for part in _INTERNAL)]
+              if not f.filename.startswith(internal)]
     if not frames:
         return ""
     f = frames[-1]
@@ -665,6 +676,9 @@ def _native_runs(run, floats, ints, lin, lin2):
     """Every run in the check's dtype: one compile of yours, one of autodiff, then calls."""
     opts, linear = run.opts, run.kind.linear
     batch = None
+    if linear and opts["batched"] and run.eager:  # vmap traces: untraceable code cannot run
+        opts["batched"] = False
+        run.notes.append("the batched check was skipped: yours runs eagerly (op by op)")
     if linear and opts["batched"]:
         batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), lin, lin2)
     out = _run_yours(run, floats, ints, lin, batch)
@@ -704,6 +718,7 @@ def _run_fast(run, floats, ints, lin):
                            dtype=run.dtype, mode="fast", tensors=tensors, notes=notes)
     run.notes.append(f"fast mode's projection uᵀJv disagreed (yours {a:.8g}, autodiff {b:.8g}, "
                      f"relative error {error:.1e} > {tol:.0e}); the full check was run")
+    run.opts["mode"] = "full"
     return None
 
 
@@ -914,7 +929,8 @@ def _judge_tensor(run, k, name, leaf, y, a, a_pert, truth, tout):
     if t.status is Status.FAIL and not t.message:
         outside = int(round(comp.frac_outside * max(y64.size, 1)))
         t.message = (f"{outside} of {y64.size} elements outside the band (rtol {tol.rtol:.1e}, "
-                     f"atol {tol.atol:.1e} x max|autodiff|)")
+                     f"atol {tol.atol:.1e} x max|autodiff|)" if outside else
+                     "every element is inside the band, but the normwise error is not")
     return t, tol.normwise + e_ad, seen
 
 
@@ -1171,6 +1187,17 @@ def _result(run, tensors, witness):
 
 # --- the public functions --------------------------------------------------------------
 
+def _recorded(check):
+    """Hand every result to the active recorders (see RECORDERS)."""
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        result = check(*args, **kwargs)
+        for sink in RECORDERS:
+            sink.append(result)
+        return result
+    return wrapper
+
+
 def _label(fun, name):
     if name is not None:
         return str(name)
@@ -1214,6 +1241,7 @@ def _new_run(function, kind, fun, deriv, primals, seed, opts, *, ints_allowed=Tr
                 names=names, opts=opts, seed=int(seed))
 
 
+@_recorded
 def check_vjp(fun: Callable, vjp: Callable, *primals: Any, cotangent: Any = None, seed: int = 0,
               **options: Any) -> CheckResult:
     """Check ``vjp(*primals, cotangent)`` against ``jax.vjp(fun, *primals)``.
@@ -1272,6 +1300,7 @@ def _custom_adapters(fun, nondiff):
     return primal, rule
 
 
+@_recorded
 def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: int = 0,
                      **options: Any) -> CheckResult:
     """Check a ``jax.custom_vjp``'s rule against autodiff of its primal function.
@@ -1301,6 +1330,7 @@ def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: 
     return _check_linear(run, primal, cotangent)
 
 
+@_recorded
 def check_grad(fun: Callable, grad: Callable, *primals: Any, seed: int = 0,
                **options: Any) -> CheckResult:
     """Check ``grad(*primals)`` against ``jax.grad`` of scalar ``fun``.
@@ -1333,6 +1363,7 @@ def _require_scalar(run, fun):
         raise ValueError(f"{run.function}: fun must return a scalar, it returned {_describe(out)}")
 
 
+@_recorded
 def check_hessian(fun: Callable, hessian: Callable, x: Any, seed: int = 0,
                   **options: Any) -> CheckResult:
     """Check ``hessian(x)`` against ``jax.hessian`` of scalar ``fun`` over ravelled ``x``.
@@ -1357,6 +1388,7 @@ def check_hessian(fun: Callable, hessian: Callable, x: Any, seed: int = 0,
     return _check(run)
 
 
+@_recorded
 def check_hvp(fun: Callable, hvp: Callable, x: Any, v: Any, **options: Any) -> CheckResult:
     """Check ``hvp(x, v)`` (the Hessian of scalar ``fun`` at ``x`` times ``v``).
 
