@@ -11,8 +11,14 @@ set-up (it never changes JAX's global settings)::
     from suite import check_vjp, check_custom_vjp, check_grad, check_hessian, check_hvp
 """
 
-from suite.check_result import CheckResult
-from suite.checker import check_custom_vjp, check_grad, check_hessian, check_hvp, check_vjp
+from suite.check import (
+                         CheckResult,
+                         check_custom_vjp,
+                         check_grad,
+                         check_hessian,
+                         check_hvp,
+                         check_vjp,
+)
 from suite.config import configure
 from suite.version import __version__
 

@@ -34,9 +34,13 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 
-from suite import checker
-from suite.check_result import CheckResult
+import jax
+
+from suite.cases import Case
+from suite.check import CheckResult
+from suite.check.engine import RECORDERS
 from suite.results import Results, Row, Status
+from suite.run import environment, run_case
 
 __all__ = ["Collected", "collect", "run_file", "recording"]
 
@@ -57,15 +61,14 @@ class Collected:
 def recording() -> Iterator[list]:
     """Collect every CheckResult the checker returns inside this block (nestable)."""
     sink: list = []
-    checker.RECORDERS.append(sink)
+    RECORDERS.append(sink)
     try:
         yield sink
     finally:
-        checker.RECORDERS.remove(sink)
+        RECORDERS.remove(sink)
 
 
 def _cases_in(namespace: dict) -> list:
-    from suite.cases import Case
     found, seen = [], set()
     for value in namespace.values():
         items = value if isinstance(value, (list, tuple)) else [value]
@@ -115,28 +118,15 @@ def _unique(names: list) -> list:
 
 def _case_rows(cases: list, device, progress) -> list:
     """The registry's cases through the suite's own runner (float64 scoped on)."""
-    import jax
-
-    from suite import run
     rows = []
     for case in cases:
         for dtype in case.dtypes:
             with jax.enable_x64(True):
-                got = run.run_case(case, dtype, device=device, timing=False)
-            row = got if isinstance(got, Row) else _row_from_dict(got)
+                row = run_case(case, dtype, device=device, timing=False)
             rows.append(row)
             if progress:
                 progress(row, None)
     return rows
-
-
-def _row_from_dict(d: dict) -> Row:
-    fields = {f.name for f in dataclasses.fields(Row)}
-    renamed = {"truth_autodiff": "truth_reference", "compile_autodiff_s": "compile_reference_s",
-               "run_autodiff_s": "run_reference_s"}
-    kwargs = {renamed.get(k, k): v for k, v in d.items() if renamed.get(k, k) in fields}
-    kwargs["status"] = Status(kwargs.get("status") or "ERROR")
-    return Row(**kwargs)
 
 
 def run_file(path: str, *, device=None,
@@ -173,13 +163,4 @@ def run_file(path: str, *, device=None,
     if not rows:
         raise ValueError(f"{path} declares no checks: call check_vjp (or another check_*) "
                          "in it, or define suite.cases.Case objects at module level")
-    return Results(rows=rows, environment=_environment(device))
-
-
-def _environment(device) -> dict:
-    try:
-        from suite.run import environment
-    except ImportError:  # older suite.run: the report module had it
-        from suite.report import environment
-    import jax
-    return environment(device or jax.devices()[0])
+    return Results(rows=rows, environment=environment(device))

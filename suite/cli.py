@@ -20,6 +20,7 @@ from suite import cases as registry
 from suite import checkfile
 from suite import studies as study_registry
 from suite.bench import run_bench
+from suite.check import CheckResult
 from suite.config import configure
 from suite.report import fmt, verdict, write_report
 from suite.results import Row, StudyResult
@@ -199,7 +200,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    def progress(row: Row, result: checkfile.CheckResult | None) -> None:
+    def progress(row: Row, result: CheckResult | None) -> None:
         if result is not None and not row.status.passed:
             print(result, flush=True)
         else:

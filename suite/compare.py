@@ -16,7 +16,7 @@ the order of the sum's terms, not of itself.
 Tolerances are one table, keyed by dtype (see TOLERANCES). Finite differences are
 judged by their own small table (FD_TOLERANCE): they are a witness, not an oracle.
 
-**Widened by measured amplification** (the user-facing checker, suite/checker.py; the
+**Widened by measured amplification** (the user-facing checker, suite/check/; the
 registry's cases are judged by the table as it stands). A correct but ill-conditioned
 function (saturated softmax, a nearly constant layer-norm row, exp(10x)) amplifies the
 rounding of every implementation of its derivative, autodiff's included. The checker

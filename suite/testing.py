@@ -14,8 +14,14 @@ unless ``allow_kink=True``); it returns the CheckResult.
 
 from typing import Any, Callable
 
-from suite.check_result import CheckResult
-from suite.checker import check_custom_vjp, check_grad, check_hessian, check_hvp, check_vjp
+from suite.check import (
+    CheckResult,
+    check_custom_vjp,
+    check_grad,
+    check_hessian,
+    check_hvp,
+    check_vjp,
+)
 from suite.results import Status
 
 __all__ = ["assert_vjp", "assert_custom_vjp", "assert_grad", "assert_hessian", "assert_hvp"]

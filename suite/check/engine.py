@@ -1,9 +1,9 @@
-"""Check your own derivative against JAX autodiff and float64 finite differences.
+"""The checker's engine: run yours, autodiff and finite differences; judge each tensor.
 
 ``check_vjp``, ``check_custom_vjp``, ``check_grad``, ``check_hessian`` and ``check_hvp``
 each run the derivative under test ("yours") and JAX's autodiff of the same function
 ("autodiff") on the same inputs, in the inputs' own dtype, and return a
-``CheckResult`` (suite/check_result.py) that names every tensor, its worst element and
+``CheckResult`` (suite/check/result.py) that names every tensor, its worst element and
 the three values there, "yours", "autodiff" and "finite differences".
 
 How a tensor is judged (the policy is suite/compare.py's, one table for the suite):
@@ -39,7 +39,7 @@ rank-promotion settings.
 Example::
 
     >>> import jax.numpy as jnp, numpy as np
-    >>> from suite import check_vjp
+    >>> from suite.check import check_vjp
     >>> f = lambda x, w: jnp.tanh(x @ w)
     >>> def f_vjp(x, w, dy):
     ...     dz = dy * (1 - jnp.tanh(x @ w) ** 2)
@@ -69,11 +69,11 @@ from jax.flatten_util import ravel_pytree
 
 from reference import finite_diff as fdiff
 from suite import compare as cmp
-from suite.check_result import CheckOutcome, CheckResult, Kink, TensorResult, Witness
+from suite.check.result import CheckOutcome, CheckResult, Kink, TensorResult, Witness
 from suite.results import Status
 
 __all__ = ["check_vjp", "check_custom_vjp", "check_grad", "check_hessian", "check_hvp",
-           "CheckResult", "OPTIONS"]
+           "OPTIONS", "RECORDERS"]
 
 # Keyword options every check_* accepts (a few apply to first-order checks only).
 OPTIONS = {
@@ -88,8 +88,8 @@ OPTIONS = {
     "jit": "jit-compile yours (default True; falls back to eager if it cannot be traced)",
     "max_probes": "elements probed by one-sided finite differences per check (default 32)",
 }
-# Lists that collect every CheckResult a public check_* returns (suite.checkfile.recording
-# pushes one while a user's file runs, for ``backprop-suite check``).
+# Lists that collect every CheckResult a public check_* returns (suite.checkfile pushes one
+# while a user's file runs, for ``backprop-suite check``).
 RECORDERS: list = []
 
 _DEFAULTS = dict(names=None, name=None, mode="full", fd=True, batched=True, determinism=True,

@@ -1,7 +1,13 @@
-"""The old name of the checker: ``check_backward`` is a thin alias of ``check_vjp``.
+"""Check your own derivative: a VJP, a custom_vjp rule, a gradient, a Hessian, an HVP.
 
-Prefer ``from suite import check_vjp`` (see suite/checker.py). This keeps the earlier
-signature, primals as a dict of name -> array, and returns the same CheckResult.
+``check_vjp``, ``check_custom_vjp``, ``check_grad``, ``check_hessian`` and ``check_hvp``
+judge the derivative under test ("yours") against JAX's autodiff of the same function
+and float64 finite differences, and return a ``CheckResult`` (see engine.py for the
+policy, result.py for the report). They need no set-up and change no global JAX
+setting; ``from suite import check_vjp`` works too.
+
+``check_backward`` is the old name, kept as a thin alias of ``check_vjp`` with the earlier
+signature (primals as a dict of name -> array); it returns the same CheckResult.
 
 Example::
 
@@ -17,10 +23,19 @@ Example::
 
 from typing import Any, Callable
 
-from suite.check_result import CheckResult
-from suite.checker import check_vjp
+from suite.check.engine import (
+    OPTIONS,
+    check_custom_vjp,
+    check_grad,
+    check_hessian,
+    check_hvp,
+    check_vjp,
+)
+from suite.check.result import CheckOutcome, CheckResult, Kink, TensorResult, Witness
 
-__all__ = ["check_backward"]
+__all__ = ["check_vjp", "check_custom_vjp", "check_grad", "check_hessian", "check_hvp",
+           "check_backward", "CheckResult", "TensorResult", "Kink", "CheckOutcome", "Witness",
+           "OPTIONS"]
 
 
 def check_backward(forward: Callable, backward: Callable, primals: dict, dy: Any = None, *,
