@@ -422,7 +422,15 @@ def _map(f, xs, vectorize):
     return jax.vmap(f)(xs) if vectorize else jax.lax.map(f, xs)
 
 
+# Finite-difference rows are vmapped together while the copies of the point stay below this
+# many elements (~400 MB in float64); beyond it, rows run one after another (each row's
+# seven points still vmapped), so a large function is not evaluated hundreds of times at
+# once.
+_VMAP_ELEMENTS = 50_000_000
+
+
 def _fd_values(kind, fun, layout, floats, ints, lin, dense, coef, idx, steps, vectorize):
+    # vectorize: 2 vmaps rows and points, 1 maps rows in sequence, 0 maps everything
     """float64 evaluations of the scalar φ for finite differences, in one program.
 
     Row r evaluates φ(x + c·coef_r·d_r + c·steps_r·e_{idx_r}) for c in OFFSETS, where
@@ -439,9 +447,9 @@ def _fd_values(kind, fun, layout, floats, ints, lin, dense, coef, idx, steps, ve
         d, a, i, h = (dense, *args) if shared else args
         def point(c):
             return _phi(phi_kind, fun, layout, (flat + c * a * d).at[i].add(c * h), ints, lin)[0]
-        return _map(point, offsets, vectorize)
+        return _map(point, offsets, vectorize >= 1)
     rows = (coef, idx, steps) if shared else (dense, coef, idx, steps)
-    values = _map(row, rows, vectorize)
+    values = _map(row, rows, vectorize >= 2)
     return values, _phi(phi_kind, fun, layout, flat, ints, lin)[1]
 
 
@@ -847,7 +855,9 @@ def _run_fd(run, floats64, ints, lin64, yours, refs):
     program = _fd_program(run.kind, run.fun, run.layout.shapes_only())
     args = (floats64, ints, lin64, jnp.asarray(dense), jnp.asarray(coef), jnp.asarray(idx),
             jnp.asarray(steps))
-    for vectorize in (True, False):  # vmap, or a sequential map for code vmap cannot batch
+    points = len(coef) * len(fdiff.OFFSETS) * x64_flat.size
+    modes = (2, 1, 0) if points <= _VMAP_ELEMENTS else (1, 0)
+    for vectorize in modes:  # 0: a sequential map, for code that vmap cannot batch
         try:
             values, phi_abs = program(*args, vectorize=vectorize)
             break
@@ -871,7 +881,8 @@ def _second_order_dirs(run, yours, refs, p):
         meta["witness"] = (w, None)
         y, a = _f64(yours[0]), _f64(refs[0])
         i, j = np.unravel_index(int(np.argmax(np.abs(y - a))), y.shape) if y.size else (0, 0)
-        e_i, e_j = np.eye(p)[i], np.eye(p)[j]
+        e_i, e_j = np.zeros(p), np.zeros(p)
+        e_i[i], e_j[j] = 1.0, 1.0
         dirs += [e_i + e_j, e_i - e_j]  # polarisation: e_iᵀHe_j = (S(e_i+e_j) - S(e_i-e_j))/4
         meta["elements"] = {0: ((int(i), int(j)), 1, 2)}
     else:
@@ -1279,23 +1290,15 @@ def _check_linear(run, fun, cotangent):
 
 
 @functools.lru_cache(maxsize=64)
-def _custom_adapters(fun, nondiff):
-    """(primal function, its VJP through the custom rule), over the differentiable args."""
-    def insert(args, const):
-        out, it_a, it_c = [], iter(args), iter(const)
-        for i in range(len(args) + len(const)):
-            out.append(next(it_c) if i in nondiff else next(it_a))
-        return out
-
-    def primal(*args_and_const):
-        n = len(args_and_const) - len(nondiff)
-        return fun.fun(*insert(args_and_const[:n], args_and_const[n:]))
+def _custom_adapters(fun):
+    """(its primal function, the VJP through its custom rule): cached per custom_vjp, so
+    checking one rule on new inputs of the same shapes compiles nothing again."""
+    def primal(*args):
+        return fun.fun(*args)
 
     def rule(*args_and_ct):
         *args, ct = args_and_ct
-        n = len(args) - len(nondiff)
-        diff, const = args[:n], args[n:]
-        return jax.vjp(lambda *a: fun(*insert(a, const)), *diff)[1](ct)
+        return jax.vjp(fun, *args)[1](ct)
 
     return primal, rule
 
@@ -1307,7 +1310,8 @@ def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: 
 
     Args:
       fun: a ``jax.custom_vjp`` (its ``fun`` is differentiated by JAX for the
-        reference; ``jax.vjp(fun, ...)`` runs your fwd/bwd rule).
+        reference; ``jax.vjp(fun, ...)`` runs your fwd/bwd rule). With nondiff_argnums,
+        close over those arguments (functools.partial) and check a custom_vjp without.
       *primals, cotangent, seed, **options: as for ``check_vjp``.
 
     Returns:
@@ -1321,7 +1325,7 @@ def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: 
     if nondiff:
         raise ValueError(f"check_custom_vjp: fun has nondiff_argnums {nondiff}; close over "
                          "those arguments (functools.partial) and check the rest")
-    primal, rule = _custom_adapters(fun, ())
+    primal, rule = _custom_adapters(fun)
     if opts["name"] is None:
         opts["name"] = _label(fun, None)
     if opts["names"] is None:
