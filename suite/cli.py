@@ -1,9 +1,11 @@
-"""The ``backprop-suite`` command: list, report, bench.
+"""The ``backprop-suite`` command: list, report, bench, check.
 
 Every option is validated before anything runs: an unknown family, tier, dtype or device
 is a usage error (exit 2) and nothing is written. ``report`` exits 1 when any row or
 study is FAIL or ERROR, 0 when everything passes. This process — and only this one —
-switches JAX to the suite's strict settings (suite.config.configure).
+switches JAX to the suite's strict settings (suite.config.configure), except for
+``check``: it runs a user's file with JAX's settings as they are (ordinary user code
+broadcasts implicitly), and exits 1 on a FAIL or ERROR, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from suite import cases as registry
+from suite import checkfile
 from suite import studies as study_registry
 from suite.bench import run_bench
+from suite.check import CheckResult
 from suite.config import configure
 from suite.report import fmt, verdict, write_report
 from suite.results import Row, StudyResult
@@ -97,11 +101,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds of timing per case (default 3)")
     ben.add_argument("--no-extras", action="store_true",
                      help="skip the extra measurements (machine floor, memory, largest P)")
+
+    chk = sub.add_parser("check", help="run the checks a Python file declares (check_vjp and "
+                                       "friends, or suite.cases.Case objects)")
+    chk.add_argument("file", help="a .py file")
+    chk.add_argument("--out", default=None,
+                     help="also write report.md, results.csv and results.json in this folder")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check":  # the user's code, with JAX's settings as they are
+        return _check(args)
     configure()
     try:
         if args.command == "list":
@@ -184,6 +196,26 @@ def _report(args: argparse.Namespace) -> int:
     paths = write_report(results, os.path.join(args.out, device.platform), title=title)
     print(verdict(results).replace("**", ""))
     print(f"wrote {', '.join(paths.values())} in {time.perf_counter() - start:.0f} s")
+    return 0 if results.passed else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    def progress(row: Row, result: CheckResult | None) -> None:
+        if result is not None and not row.status.passed:
+            print(result, flush=True)
+        else:
+            print(f"{row.status!s:<5} {row.case} {row.dtype}  {row.message}".rstrip(), flush=True)
+
+    try:
+        results = checkfile.run_file(args.file, progress=progress)
+    except ValueError as err:
+        print(f"backprop-suite check: error: {err}", file=sys.stderr)
+        return 2
+    print(verdict(results).replace("**", ""))
+    if args.out:
+        paths = write_report(results, args.out,
+                             title=f"backprop-suite check {os.path.basename(args.file)}")
+        print(f"wrote {', '.join(paths.values())}")
     return 0 if results.passed else 1
 
 

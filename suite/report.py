@@ -80,13 +80,18 @@ def _summary_table(df: pd.DataFrame, studies: Sequence[StudyResult]) -> str:
             f"| {family} | {dtype} | {len(g)} | {int(counts.get('PASS', 0))} | "
             f"{int(counts.get('FAIL', 0))} | {int(counts.get('ERROR', 0))} | "
             f"{fmt(g['normwise'].astype(float).max())} | "
-            f"{cmp.tolerance(dtype).normwise:.0e} | "
+            f"{_row_tolerance(dtype)} | "
             f"{fmt(g['ratio'].astype(float).median(), '.2f')} |")
     if studies:
         lines += ["", "| study | family | status | seconds | message |", "|---|---|---|---:|---|"]
         lines += [f"| {s.name} | {s.family} | {s.status} | {fmt(s.seconds, '.1f')} | "
                   f"{s.message or ''} |" for s in studies]
     return "\n".join(lines)
+
+
+def _row_tolerance(dtype: str) -> str:
+    """The table's normwise tolerance for ``dtype`` ("—" for a row without one)."""
+    return f"{cmp.TOLERANCES[dtype].normwise:.0e}" if dtype in cmp.TOLERANCES else "—"
 
 
 def _method() -> str:
@@ -103,7 +108,7 @@ def _method() -> str:
         "| dtype | normwise | rtol | atol (× leaf scale) | normwise in u | why |",
         "|---|---:|---:|---:|---:|---|"]
     for name, tol in cmp.TOLERANCES.items():
-        u = float(np.finfo(name).eps) / 2
+        u = cmp.unit_roundoff(name)  # np.finfo knows no bfloat16
         lines.append(f"| {name} | {tol.normwise:.0e} | {tol.rtol:.0e} | {tol.atol:.0e} | "
                      f"{tol.normwise / u:.0f} | {tol.why} |")
     lines += [
@@ -207,7 +212,8 @@ def render(results: Results, out_dir: str, *, title: str | None = None) -> str:
     sections: list[str] = []
     by_family = {f.name: f for f in families()}
     names = list(dict.fromkeys([f.name for f in families()]
-                               + [s.family for s in results.studies]))
+                               + [s.family for s in results.studies]
+                               + list(df["family"])))  # a checked file's rows too
     for name in names:
         rows = df[df["family"] == name]
         studies = [s for s in results.studies if s.family == name]
