@@ -214,9 +214,13 @@ def run_all(selected: Iterable[Case], dtypes: Sequence[str], *,
 def git_commit() -> str:
     """The source tree's commit (short hash), marked when it has uncommitted changes.
 
-    A copy of the tree without its .git folder (a remote accelerator, a tarball) names
-    its commit in the environment variable BACKPROP_SUITE_COMMIT.
+    A copy of the tree made elsewhere (a remote accelerator, a tarball) carries no .git
+    of its own, or a stale one: the environment variable BACKPROP_SUITE_COMMIT, when set,
+    names the commit the copy was made from and takes precedence.
     """
+    given = os.environ.get("BACKPROP_SUITE_COMMIT", "").strip()
+    if given:
+        return f"{given} (named by BACKPROP_SUITE_COMMIT)"
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -224,10 +228,9 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, cwd=here).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        head, dirty = "", ""
+        return "unknown"
     if not head:
-        given = os.environ.get("BACKPROP_SUITE_COMMIT", "").strip()
-        return f"{given} (named by BACKPROP_SUITE_COMMIT; no .git here)" if given else "unknown"
+        return "unknown"
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
