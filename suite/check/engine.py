@@ -10,10 +10,11 @@ How a tensor is judged (the policy is suite/compare.py's, one table for the suit
 
 1. ``compare_leaf`` of yours against autodiff in the check's dtype, with the dtype's
    row of TOLERANCES widened by the rounding amplification α that autodiff itself
-   shows on these inputs: α is the larger of autodiff's discrepancy when the inputs
-   move by 2 ulps (rounding re-rolled) and, for float32/float16/bfloat16, its
-   discrepancy from the float64 truth (autodiff on the inputs widened), in units of
-   u. Yours may be 10x further from autodiff than that; the row's cap bounds it. In
+   shows on these inputs: α is the largest of autodiff's discrepancy when the inputs
+   move by 2 ulps (rounding re-rolled), for float32/float16/bfloat16 its discrepancy
+   from the float64 truth (autodiff on the inputs widened), and for float64 its float32
+   shadow's discrepancy (autodiff on the inputs rounded to float32), in units of u.
+   Yours may be 10x further from autodiff than that; the row's cap bounds it. In
    a low precision that cannot resolve a tensor at all (autodiff itself off by more
    than the cap allows), the tensor is reported, not judged.
 2. For float32/float16/bfloat16 a tensor that misses autodiff passes if it is as close
@@ -703,6 +704,11 @@ def _native_runs(run, floats, ints, lin, lin2):
     for sign in (1.0, -1.0):
         pf, plin = _perturbed(run, floats, lin, sign)
         out["perturbed"].append(_run_autodiff(run, pf, ints, plin))
+    if run.dtype == "float64":  # autodiff's float32 shadow: the function's own conditioning
+        def narrow(x):
+            return jnp.asarray(np.asarray(x).astype(np.float32))
+        out["shadow"] = _run_autodiff(run, tuple(narrow(f) for f in floats), ints,
+                                      None if lin is None else jax.tree_util.tree_map(narrow, lin))
     return out
 
 
@@ -732,19 +738,26 @@ def _run_fast(run, floats, ints, lin):
 
 # --- judging -------------------------------------------------------------------------
 
-def _widen(run, ref, ref_pert, truth):
+def _widen(run, ref, ref_pert, truth, shadow=None):
     """(amplification, tolerance, needed factor) for one tensor.
 
-    α is the larger of (a) the symmetric second difference of autodiff under a ±2-ulp
+    α is the largest of (a) the symmetric second difference of autodiff under a ±2-ulp
     input perturbation, ref(x+δ) - 2 ref(x) + ref(x-δ): the change of the result cancels
-    to first order and three independent roundings remain (norm √6 times one), and (b)
-    for low precision, autodiff's distance from the float64 truth on the same inputs.
+    to first order and three independent roundings remain (norm √6 times one); (b) for
+    low precision, autodiff's distance from the float64 truth on the same inputs; (c) for
+    float64, autodiff's float32 shadow (the inputs rounded to float32) against ref, in
+    float32 units. (a) alone can miss: a compiler that rounds the perturbed inputs back to
+    the same intermediates (seen with XLA on a GPU) re-rolls no rounding at all, while
+    (c) measures how much the function amplifies a rounding of its inputs, whatever the
+    device.
     """
     plus, minus = ref_pert
     second = plus + minus - ref  # = ref + (plus - 2 ref + minus): compared with ref below
     alphas = [cmp.amplification(second, ref, run.dtype) / math.sqrt(6.0)]
     if truth is not None:
         alphas.append(cmp.amplification(ref, truth, run.dtype))
+    if shadow is not None:
+        alphas.append(cmp.amplification(shadow, ref, "float32"))
     finite = [a for a in alphas if math.isfinite(a)]
     alpha = max(finite) if finite else math.nan
     factor, needed = cmp.widening(run.dtype, alpha)
@@ -795,8 +808,10 @@ def _judge(run, native):
               else list(run.layout.floats))
     for k, (nm, lf) in enumerate(zip(names, leaves, strict=True)):
         pert = [_f64(p[k]) for p in native["perturbed"]]
+        shadow = None if "shadow" not in native else _f64(native["shadow"][k])
         t, term, seen = _judge_tensor(run, k, nm, lf, yours[k], refs[k], pert,
-                                      None if truths[k] is None else _f64(truths[k]), tout)
+                                      None if truths[k] is None else _f64(truths[k]), tout,
+                                      shadow)
         tensors.append(t)
         witness_terms.append(term)
         witness_seen.append(seen)
@@ -906,12 +921,12 @@ def _second_order_dirs(run, yours, refs, p):
     return np.stack(dirs), {"dirs_meta": meta}
 
 
-def _judge_tensor(run, k, name, leaf, y, a, a_pert, truth, tout):
+def _judge_tensor(run, k, name, leaf, y, a, a_pert, truth, tout, shadow=None):
     """One tensor: (TensorResult, its share of the witness tolerance, yours as the witness
     should see it: with the elements settled at kinks replaced by autodiff's values)."""
     is_low = run.dtype != "float64"
     y64, a64 = _f64(y), _f64(a)
-    alpha, tol, needed = _widen(run, a64, a_pert, truth)
+    alpha, tol, needed = _widen(run, a64, a_pert, truth, shadow)
     base = dict(name=name, argument=run.names[leaf.arg] if run.kind is not HESSIAN else "x",
                 path=leaf.path if run.kind is not HESSIAN else "", shape=tuple(np.shape(y)),
                 dtype=str(np.asarray(y).dtype), amplification=alpha, tolerance=tol.normwise,

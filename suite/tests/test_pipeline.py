@@ -67,7 +67,8 @@ def planted_registry(monkeypatch):
 
 def test_a_planted_failure_crash_and_crashing_study_reach_the_verdict_and_exit_code(
         planted_registry, tmp_path, capsys):
-    code = cli.main(["report", "--out", str(tmp_path), "--dtype", "float64", "--budget", "0.01"])
+    code = cli.main(["report", "--device", "cpu", "--out", str(tmp_path), "--dtype", "float64",
+                     "--budget", "0.01"])
     out = capsys.readouterr().out
     assert code == 1, out
     folder = tmp_path / "cpu"
