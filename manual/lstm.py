@@ -32,8 +32,15 @@ where t is a positive multiple of k (both h and c entering those steps are cut);
 (randomized truncation) sets omega_t = xi_t on both. The weight gradients and the input
 projection are single matrix products over all T·N rows, outside the scans.
 
+``checkpoint=k`` (or "sqrt", k = ⌈√T⌉) keeps only (h, c) entering every k-th step and
+recomputes each segment of k steps, residuals included, in the reverse sweep
+(manual/_bptt.py derives the memory, O(T/k + k) states instead of O(T)); the products
+above are then taken per segment. It combines with ``truncation`` and ``xi`` and equals
+full BPTT to rounding.
+
 Source: d2l.ai 9.7 "Backpropagation Through Time" and 10.1 "Long Short-Term Memory";
-C. Tallec and Y. Ollivier, "Unbiasing Truncated Backpropagation Through Time" (2017).
+C. Tallec and Y. Ollivier, "Unbiasing Truncated Backpropagation Through Time" (2017);
+T. Chen et al., "Training Deep Nets with Sublinear Memory Cost" (2016) for checkpointing.
 
 Example::
 
@@ -45,13 +52,21 @@ Example::
     >>> dparams, dxs, dh0, dc0 = lstm.backward(params, xs, h0, c0, jnp.ones_like(hs))
     >>> dparams["w_h"].shape, dc0.shape
     ((2, 8), (1, 2))
+    >>> saved = lstm.backward(params, xs, h0, c0, jnp.ones_like(hs), checkpoint="sqrt")
+    >>> bool(jnp.allclose(saved[1], dxs, rtol=1e-6, atol=0))
+    True
 """
+
+import functools
 
 import jax.numpy as jnp
 from jax import lax
 
 from manual import _bptt
+from manual._bptt import Array, ArrayLike
 from manual._checks import require_floats
+
+__all__ = ["PARAM_NAMES", "backward", "forward", "randomized_weights"]
 
 randomized_weights = _bptt.randomized_weights
 
@@ -64,7 +79,6 @@ def _sigmoid(z):
 
 
 def _check(params, xs, h0, c0, dhs=None):
-    _bptt.check_param_names(params, PARAM_NAMES)
     arrays = dict(params, xs=xs, h0=h0, c0=c0)
     if dhs is not None:
         arrays["dhs"] = dhs
@@ -91,16 +105,23 @@ def _check(params, xs, h0, c0, dhs=None):
                          f"got {dhs.shape}")
 
 
-def _forward(params, xs, h0, c0, *, residuals=False):
-    """(hs, cs), or with ``residuals`` (hs, factors, f, o_tanh_prime): what backward needs.
+def _as_arrays(params, *arrays):
+    _bptt.check_param_names(params, PARAM_NAMES)
+    return ({k: jnp.asarray(v) for k, v in params.items()},
+            *(None if a is None else jnp.asarray(a) for a in arrays))
 
-    The residuals are the parts of the backward step that do not depend on the carried
+
+def _sweep(params, state, xs, *, emit):
+    """The LSTM over xs (T', N, D) from state (h, c): ((h, c) leaving, what ``emit`` asks).
+
+    emit=None: nothing; "states": (hs, cs); "residuals": (h_prevs, factors, fs,
+    o_tanh_primes), the parts of the reverse step that do not depend on the carried
     adjoints, computed where the gates already are: with dc and dh the adjoints of c_t
     and h_t, delta_t = [dc, dc, dc, dh] * factors and dc = gc + dh * o_tanh_prime.
     """
     t, n, d = xs.shape
-    h = h0.shape[1]
-    # the input projection does not depend on the recurrence: one (T·N, D)(D, 4H) product
+    h = params["w_h"].shape[0]
+    # the input projection does not depend on the recurrence: one (T'·N, D)(D, 4H) product
     xw = (xs.reshape(t * n, d) @ params["w_x"]).reshape(t, n, 4 * h) + params["b"][None, None, :]
     w_h = params["w_h"]
 
@@ -112,61 +133,25 @@ def _forward(params, xs, h0, c0, *, residuals=False):
         c_t = f * c_prev + i * g
         tanh_c = jnp.tanh(c_t)
         h_t = o * tanh_c
-        if not residuals:
+        if emit is None:
+            return (h_t, c_t), None
+        if emit == "states":
             return (h_t, c_t), (h_t, c_t)
         factors = jnp.concatenate([g * i * (1.0 - i),            # dE/dz_i = dc * this
                                    c_prev * f * (1.0 - f),       # dE/dz_f = dc * this
                                    i * (1.0 - g * g),            # dE/dz_g = dc * this
                                    tanh_c * o * (1.0 - o)],      # dE/dz_o = dh * this
                                   axis=1)
-        return (h_t, c_t), (h_t, factors, f, o * (1.0 - tanh_c * tanh_c))
+        return (h_t, c_t), (h_prev, factors, f, o * (1.0 - tanh_c * tanh_c))
 
-    _, out = lax.scan(step, (h0, c0), xw)
-    return out
-
-
-def forward(params, xs, h0, c0):
-    """The LSTM over a sequence (equations in the module docstring).
-
-    Args:
-      params: {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}, gates i, f, g, o along 4H.
-      xs: inputs, time-major, (T, N, D), T >= 1.
-      h0: initial hidden state, (N, H).
-      c0: initial cell state, (N, H).
-
-    Returns:
-      (hs, cs): every hidden and cell state, each (T, N, H), in the dtype of the arguments.
-    """
-    _check(params, xs, h0, c0)
-    return _forward(params, xs, h0, c0)
+    return lax.scan(step, tuple(state), xw)
 
 
-def backward(params, xs, h0, c0, dhs, *, truncation=None, xi=None):
-    """Backprop through time for the LSTM: the gradients of <dhs, hs>.
-
-    Args:
-      params: {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}.
-      xs: inputs, (T, N, D).
-      h0, c0: initial hidden and cell states, (N, H) each.
-      dhs: cotangent of every hidden state, (T, N, H); cell states get none.
-      truncation: None (full BPTT) or a positive int k: no gradient flows through the
-        state (h and c) entering steps t = k, 2k, ... (static).
-      xi: None, or (T,) weights of randomized truncation (``randomized_weights``):
-        both adjoints that step t sends back into (h_{t-1}, c_{t-1}) ((h0, c0) for
-        t = 0) are multiplied by xi_t. Composes with ``truncation``.
-
-    Returns:
-      (dparams, dxs, dh0, dc0): dparams a dict with the keys and shapes of params,
-      dxs (T, N, D), dh0 and dc0 (N, H); all in the dtype of the arguments.
-    """
-    _check(params, xs, h0, c0, dhs)
-    _bptt.check_truncation(truncation)
+def _reverse(params, state, xs, residuals, dhs, omega, adjoint):
+    """The reverse steps of one segment (module docstring), from its residuals."""
     steps, n, d = xs.shape
-    h = h0.shape[1]
-    _bptt.check_xi(xi, steps, xs.dtype)
-    omega = _bptt.adjoint_weights(steps, truncation, xi, xs.dtype)
-
-    hs, factors, fs, o_tanh_prime = _forward(params, xs, h0, c0, residuals=True)
+    h = state[0].shape[1]
+    h_prevs, factors, fs, o_tanh_prime = residuals
     w_h_t = params["w_h"].T
 
     def step(carry, inputs):  # carry: the adjoints step t+1 sent back into h_t, c_t
@@ -180,15 +165,76 @@ def backward(params, xs, h0, c0, dhs, *, truncation=None, xi=None):
             gh_prev, gc_prev = omega_t * gh_prev, omega_t * gc_prev
         return (gh_prev, gc_prev), delta_t
 
-    zeros = jnp.zeros_like(h0)
-    (dh0, dc0), deltas = lax.scan(step, (zeros, zeros), (dhs, factors, fs, o_tanh_prime, omega),
-                                  reverse=True)
+    (dh0, dc0), deltas = lax.scan(step, tuple(adjoint),
+                                  (dhs, factors, fs, o_tanh_prime, omega), reverse=True)
 
-    # Shared weights: each gradient is one sum over all T·N rows, taken after the scan.
+    # Shared weights: each gradient is one sum over all the segment's rows, after the scan.
     delta = deltas.reshape(steps * n, 4 * h)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * n, h)
     dparams = {"w_x": xs.reshape(steps * n, d).T @ delta,
-               "w_h": h_prev.T @ delta,
+               "w_h": h_prevs.reshape(steps * n, h).T @ delta,
                "b": delta.sum(axis=0)}
     dxs = (delta @ params["w_x"].T).reshape(steps, n, d)
+    return (dh0, dc0), dparams, dxs
+
+
+def forward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike,
+            c0: ArrayLike) -> tuple[Array, Array]:
+    """The LSTM over a sequence (equations in the module docstring).
+
+    Args:
+      params: {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}, gates i, f, g, o along 4H.
+      xs: inputs, time-major, (T, N, D), T >= 1.
+      h0: initial hidden state, (N, H).
+      c0: initial cell state, (N, H).
+
+    Returns:
+      (hs, cs): every hidden and cell state, each (T, N, H), in the dtype of the arguments.
+    """
+    params, xs, h0, c0 = _as_arrays(params, xs, h0, c0)
+    _check(params, xs, h0, c0)
+    return _sweep(params, (h0, c0), xs, emit="states")[1]
+
+
+def backward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike, c0: ArrayLike,
+             dhs: ArrayLike, *, truncation: int | None = None, xi: ArrayLike | None = None,
+             checkpoint: int | str | None = None
+             ) -> tuple[dict[str, Array], Array, Array, Array]:
+    """Backprop through time for the LSTM: the gradients of <dhs, hs>.
+
+    Args:
+      params: {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}.
+      xs: inputs, (T, N, D).
+      h0, c0: initial hidden and cell states, (N, H) each.
+      dhs: cotangent of every hidden state, (T, N, H); cell states get none.
+      truncation: None (full BPTT) or a positive int k: no gradient flows through the
+        state (h and c) entering steps t = k, 2k, ... (static).
+      xi: None, or (T,) weights of randomized truncation (``randomized_weights``):
+        both adjoints that step t sends back into (h_{t-1}, c_{t-1}) ((h0, c0) for
+        t = 0) are multiplied by xi_t. Composes with ``truncation``.
+      checkpoint: None (keep every step's residuals), a positive int k or "sqrt"
+        (k = ⌈√T⌉): keep only (h, c) entering every k-th step and recompute each segment
+        of k steps in the reverse sweep, O(T/k + k) states of memory (static). Same
+        result to rounding; combines with ``truncation`` and ``xi``.
+
+    Returns:
+      (dparams, dxs, dh0, dc0): dparams a dict with the keys and shapes of params,
+      dxs (T, N, D), dh0 and dc0 (N, H); all in the dtype of the arguments.
+    """
+    params, xs, h0, c0, dhs, xi = _as_arrays(params, xs, h0, c0, dhs, xi)
+    _check(params, xs, h0, c0, dhs)
+    _bptt.check_truncation(truncation)
+    steps = xs.shape[0]
+    k = _bptt.segment_length(checkpoint, steps)
+    _bptt.check_xi(xi, steps, xs.dtype)
+    omega = _bptt.adjoint_weights(steps, truncation, xi, xs.dtype)
+
+    def advance(state, xs):
+        return _sweep(params, state, xs, emit=None)[0]
+
+    def residuals(state, xs):
+        return _sweep(params, state, xs, emit="residuals")[1]
+
+    dparams, dxs, (dh0, dc0) = _bptt.segmented(advance, residuals,
+                                               functools.partial(_reverse, params),
+                                               (h0, c0), xs, dhs, omega, k)
     return dparams, dxs, dh0, dc0
