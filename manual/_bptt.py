@@ -46,8 +46,6 @@ Memory Cost" (2016), O(√T) memory for one extra forward pass; A. Gruslys et al
 "Memory-Efficient Backpropagation Through Time" (2016).
 """
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
@@ -100,7 +98,12 @@ def segment_length(checkpoint, steps):
     if checkpoint is None:
         return steps
     if checkpoint == "sqrt":
-        return math.isqrt(steps - 1) + 1 if steps > 1 else 1  # ⌈√T⌉ in integers
+        k = int(np.sqrt(steps))  # then exact in integers: the least k with k² >= T
+        while k * k < steps:
+            k += 1
+        while k > 1 and (k - 1) * (k - 1) >= steps:
+            k -= 1
+        return k
     return min(int(checkpoint), steps)
 
 

@@ -57,8 +57,6 @@ Example::
     True
 """
 
-import functools
-
 import jax.numpy as jnp
 from jax import lax
 
@@ -234,7 +232,9 @@ def backward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike, c0: Arr
     def residuals(state, xs):
         return _sweep(params, state, xs, emit="residuals")[1]
 
-    dparams, dxs, (dh0, dc0) = _bptt.segmented(advance, residuals,
-                                               functools.partial(_reverse, params),
-                                               (h0, c0), xs, dhs, omega, k)
+    def reverse(*segment):
+        return _reverse(params, *segment)
+
+    dparams, dxs, (dh0, dc0) = _bptt.segmented(advance, residuals, reverse, (h0, c0), xs, dhs,
+                                               omega, k)
     return dparams, dxs, dh0, dc0

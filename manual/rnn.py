@@ -50,8 +50,6 @@ Example::
     True
 """
 
-import functools
-
 import jax.numpy as jnp
 from jax import lax
 
@@ -194,6 +192,8 @@ def backward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike, dhs: Ar
     def states(state, xs):
         return _sweep(params, state, xs, keep_states=True)[1]
 
-    dparams, dxs, (dh0,) = _bptt.segmented(advance, states, functools.partial(_reverse, params),
-                                           (h0,), xs, dhs, omega, k)
+    def reverse(*segment):
+        return _reverse(params, *segment)
+
+    dparams, dxs, (dh0,) = _bptt.segmented(advance, states, reverse, (h0,), xs, dhs, omega, k)
     return dparams, dxs, dh0

@@ -93,7 +93,7 @@ SEQUENCE_CASES = (
 # truncation and randomized truncation (suite/tests/test_bptt_checkpoint.py sweeps every
 # k at a small T against full BPTT and its oracle in make test too); "slow" has the rest.
 CHECKPOINT_CASES = (
-    ("T7-k3-xi0.5-ck2", 7, 3, 4, 5, 3, 0.5, 2, "test"),
+    ("T7-k3-xi0.5-ck-2", 7, 3, 4, 5, 3, 0.5, 2, "test"),
     ("T7-ck3", 7, 3, 4, 5, None, None, 3, "slow"),
     ("T1-ck1", 1, 3, 2, 4, None, None, 1, "slow"),
     ("T7-ck1", 7, 3, 4, 5, None, None, 1, "slow"),
