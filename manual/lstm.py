@@ -30,7 +30,14 @@ values), so the reverse scan is delta_t = [dc, dc, dc, dh] * factors_t plus one 
 product per step. omega_t = 1 is full BPTT; ``truncation=k`` sets omega_t = 0
 where t is a positive multiple of k (both h and c entering those steps are cut); ``xi``
 (randomized truncation) sets omega_t = xi_t on both. The weight gradients and the input
-projection are single matrix products over all T·N rows, outside the scans.
+projection x_t W_x are single matrix products over all T·N rows, outside the scans (the
+bias joins z_t inside the step, where it costs no pass of its own).
+
+Memory traffic, not arithmetic, separates the two sides once the products are hoisted:
+each (T, N, 4H) array is written in place over one that is dead by then. The forward
+scan reads x_t W_x from slot t of its buffer and writes factors_t there; the reverse
+scan reads factors_t and writes delta_t there. One (T, N, 4H) buffer serves all three,
+and no scan output of that size is allocated and zero-filled.
 
 ``checkpoint=k`` (or "sqrt", k = ⌈√T⌉) keeps only (h, c) entering every k-th step and
 recomputes each segment of k steps, residuals included, in the reverse sweep
@@ -76,6 +83,13 @@ def _sigmoid(z):
     return 0.5 * jnp.tanh(0.5 * z) + 0.5  # = 1 / (1 + exp(-z)), without overflow
 
 
+def _transposed(a):
+    """aᵀ, materialized. XLA:CPU runs aᵀ @ b, a contraction over the rows of both, through
+    its generic dot; from a transposed copy it is a standard product, which its fast GEMM
+    path takes (5% faster in float32, 12% in float64 at the bench shape, copy included)."""
+    return lax.optimization_barrier(a.T)
+
+
 def _check(params, xs, h0, c0, dhs=None):
     arrays = dict(params, xs=xs, h0=h0, c0=c0)
     if dhs is not None:
@@ -109,6 +123,17 @@ def _as_arrays(params, *arrays):
             *(None if a is None else jnp.asarray(a) for a in arrays))
 
 
+def _gates(w_h, b, h_prev, c_prev, xw_t):
+    """One forward step from its input projection: (i, f, g, o, c_t, tanh(c_t), h_t)."""
+    h = h_prev.shape[1]
+    z = xw_t + h_prev @ w_h + b[None, :]
+    i, f, o = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h]), _sigmoid(z[:, 3 * h:])
+    g = jnp.tanh(z[:, 2 * h:3 * h])
+    c_t = f * c_prev + i * g
+    tanh_c = jnp.tanh(c_t)
+    return i, f, g, o, c_t, tanh_c, o * tanh_c
+
+
 def _sweep(params, state, xs, *, emit):
     """The LSTM over xs (T', N, D) from state (h, c): ((h, c) leaving, what ``emit`` asks).
 
@@ -116,33 +141,34 @@ def _sweep(params, state, xs, *, emit):
     o_tanh_primes), the parts of the reverse step that do not depend on the carried
     adjoints, computed where the gates already are: with dc and dh the adjoints of c_t
     and h_t, delta_t = [dc, dc, dc, dh] * factors and dc = gc + dh * o_tanh_prime.
+    factors is written in place over the input projection (module docstring).
     """
     t, n, d = xs.shape
-    h = params["w_h"].shape[0]
+    w_h, b = params["w_h"], params["b"]
     # the input projection does not depend on the recurrence: one (T'·N, D)(D, 4H) product
-    xw = (xs.reshape(t * n, d) @ params["w_x"]).reshape(t, n, 4 * h) + params["b"][None, None, :]
-    w_h = params["w_h"]
+    xw = (xs.reshape(t * n, d) @ params["w_x"]).reshape(t, n, w_h.shape[1])
 
-    def step(state, xw_t):
-        h_prev, c_prev = state
-        z = xw_t + h_prev @ w_h
-        i, f, o = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h]), _sigmoid(z[:, 3 * h:])
-        g = jnp.tanh(z[:, 2 * h:3 * h])
-        c_t = f * c_prev + i * g
-        tanh_c = jnp.tanh(c_t)
-        h_t = o * tanh_c
-        if emit is None:
-            return (h_t, c_t), None
-        if emit == "states":
-            return (h_t, c_t), (h_t, c_t)
+    if emit != "residuals":
+        def step(state, xw_t):
+            *_, c_t, _, h_t = _gates(w_h, b, *state, xw_t)
+            return (h_t, c_t), (None if emit is None else (h_t, c_t))
+        return lax.scan(step, tuple(state), xw)
+
+    def step(carry, s):
+        h_prev, c_prev, buf = carry
+        i, f, g, o, c_t, tanh_c, h_t = _gates(w_h, b, h_prev, c_prev,
+                                              lax.dynamic_index_in_dim(buf, s, keepdims=False))
         factors = jnp.concatenate([g * i * (1.0 - i),            # dE/dz_i = dc * this
                                    c_prev * f * (1.0 - f),       # dE/dz_f = dc * this
                                    i * (1.0 - g * g),            # dE/dz_g = dc * this
                                    tanh_c * o * (1.0 - o)],      # dE/dz_o = dh * this
                                   axis=1)
-        return (h_t, c_t), (h_prev, factors, f, o * (1.0 - tanh_c * tanh_c))
+        buf = lax.dynamic_update_index_in_dim(buf, factors, s, 0)  # over x_s W_x, now dead
+        return (h_t, c_t, buf), (h_prev, f, o * (1.0 - tanh_c * tanh_c))
 
-    return lax.scan(step, tuple(state), xw)
+    (h_last, c_last, factors), (h_prevs, fs, o_tanh_prime) = lax.scan(
+        step, (*state, xw), jnp.arange(t))
+    return (h_last, c_last), (h_prevs, factors, fs, o_tanh_prime)
 
 
 def _reverse(params, state, xs, residuals, dhs, omega, adjoint):
@@ -153,23 +179,26 @@ def _reverse(params, state, xs, residuals, dhs, omega, adjoint):
     w_h_t = params["w_h"].T
 
     def step(carry, inputs):  # carry: the adjoints step t+1 sent back into h_t, c_t
-        gh_t, gc_t = carry
-        dh_t, factors_t, f_t, o_tanh_prime_t, omega_t = inputs
+        gh_t, gc_t, buf = carry
+        s, dh_t, f_t, o_tanh_prime_t, omega_t = inputs
         dh = dh_t + gh_t
         dc = gc_t + dh * o_tanh_prime_t                   # the cell's two paths meet here
-        delta_t = jnp.concatenate([dc, dc, dc, dh], axis=1) * factors_t
+        delta_t = (jnp.concatenate([dc, dc, dc, dh], axis=1)
+                   * lax.dynamic_index_in_dim(buf, s, keepdims=False))
+        buf = lax.dynamic_update_index_in_dim(buf, delta_t, s, 0)  # over factors_s, now dead
         gh_prev, gc_prev = delta_t @ w_h_t, dc * f_t
         if omega_t is not None:
             gh_prev, gc_prev = omega_t * gh_prev, omega_t * gc_prev
-        return (gh_prev, gc_prev), delta_t
+        return (gh_prev, gc_prev, buf), None
 
-    (dh0, dc0), deltas = lax.scan(step, tuple(adjoint),
-                                  (dhs, factors, fs, o_tanh_prime, omega), reverse=True)
+    (dh0, dc0, deltas), _ = lax.scan(step, (*adjoint, factors),
+                                     (jnp.arange(steps), dhs, fs, o_tanh_prime, omega),
+                                     reverse=True)
 
     # Shared weights: each gradient is one sum over all the segment's rows, after the scan.
     delta = deltas.reshape(steps * n, 4 * h)
-    dparams = {"w_x": xs.reshape(steps * n, d).T @ delta,
-               "w_h": h_prevs.reshape(steps * n, h).T @ delta,
+    dparams = {"w_x": _transposed(xs.reshape(steps * n, d)) @ delta,
+               "w_h": _transposed(h_prevs.reshape(steps * n, h)) @ delta,
                "b": delta.sum(axis=0)}
     dxs = (delta @ params["w_x"].T).reshape(steps, n, d)
     return (dh0, dc0), dparams, dxs
