@@ -51,15 +51,10 @@ import numpy as np
 from jax import lax, random
 
 from manual._checks import require_float, require_rank
+from manual.types import Array, ArrayLike
 
-__all__ = ["Array", "ArrayLike", "adjoint_weights", "check_checkpoint", "check_param_names",
-           "check_truncation", "check_xi", "cut_mask", "randomized_weights", "segment_length",
-           "segmented"]
-
-# jax.Array and jax.typing.ArrayLike, spelled with the modules manual/ may import
-# (jnp.ndarray is jax.Array): the type hints of the public functions.
-Array = jnp.ndarray
-ArrayLike = jnp.ndarray | np.ndarray | np.bool_ | np.number | bool | int | float | complex
+__all__ = ["adjoint_weights", "check_checkpoint", "check_param_names", "check_truncation",
+           "check_xi", "cut_mask", "randomized_weights", "segment_length", "segmented"]
 
 
 def check_param_names(params, names):

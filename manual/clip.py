@@ -25,8 +25,8 @@ Example::
 import jax.numpy as jnp
 import numpy as np
 
-from manual._bptt import Array, ArrayLike
 from manual._checks import require_float
+from manual.types import Array, ArrayLike
 
 __all__ = ["clip_by_global_norm", "global_norm"]
 

@@ -68,8 +68,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from manual import _bptt
-from manual._bptt import Array, ArrayLike
 from manual._checks import require_floats
+from manual.types import Array, ArrayLike
 
 __all__ = ["PARAM_NAMES", "backward", "forward", "randomized_weights"]
 
