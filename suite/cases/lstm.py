@@ -105,3 +105,6 @@ for label, t, n, d, h, k, pi, ck, tier in CHECKPOINT_CASES:
 
 # The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
 register(bptt_case("lstm/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
+# The same with checkpoint="sqrt" (k = 10): what recomputing the segments costs at T = 100.
+register(bptt_case("lstm/bench-T100-N32-D256-H256-ck-sqrt", 100, 32, 256, 256,
+                   checkpoint="sqrt", tier="bench"))

@@ -124,3 +124,6 @@ register(clipped_case("rnn/T7-k3-clip", 7, 3, 4, 5, max_norm=1.0, truncation=3, 
 
 # The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
 register(bptt_case("rnn/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
+# The same with checkpoint="sqrt" (k = 10): what recomputing the segments costs at T = 100.
+register(bptt_case("rnn/bench-T100-N32-D256-H256-ck-sqrt", 100, 32, 256, 256,
+                   checkpoint="sqrt", tier="bench"))
