@@ -100,8 +100,11 @@ def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, checkpoint=None, ti
 
 for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:
     register(bptt_case(f"lstm/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
+# checkpointed rows: "slow" here, make test's budget (test_bptt_checkpoint.py sweeps every
+# k for the LSTM against full BPTT and its oracle in make test)
 for label, t, n, d, h, k, pi, ck, tier in CHECKPOINT_CASES:
-    register(bptt_case(f"lstm/{label}", t, n, d, h, truncation=k, pi=pi, checkpoint=ck, tier=tier))
+    register(bptt_case(f"lstm/{label}", t, n, d, h, truncation=k, pi=pi, checkpoint=ck,
+                       tier="slow" if tier == "test" else tier))
 
 # The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
 register(bptt_case("lstm/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))

@@ -92,6 +92,7 @@ SEQUENCE_CASES = (
 # as the rows above. The test tier has one row, a k that does not divide T combined with
 # truncation and randomized truncation (suite/tests/test_bptt_checkpoint.py sweeps every
 # k at a small T against full BPTT and its oracle in make test too); "slow" has the rest.
+# Families may demote the test row to "slow" to stay in make test's budget (lstm, gru).
 CHECKPOINT_CASES = (
     ("T7-k3-xi0.5-ck-2", 7, 3, 4, 5, 3, 0.5, 2, "test"),
     ("T7-ck3", 7, 3, 4, 5, None, None, 3, "slow"),

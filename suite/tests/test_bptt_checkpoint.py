@@ -1,7 +1,7 @@
-"""Checkpointed BPTT (``checkpoint=k`` / "sqrt" on rnn.backward and lstm.backward).
+"""Checkpointed BPTT (``checkpoint=k`` / "sqrt" on rnn, lstm and gru ``backward``).
 
-The contract: only the state entering every k-th step is kept, each segment is
-recomputed in the reverse sweep, and the result equals full BPTT to rounding, with and
+The contract (rnn, lstm and gru): only the state entering every k-th step is kept, each
+segment is recomputed in the reverse sweep, and the result equals full BPTT to rounding, with and
 without truncation and randomized truncation (xi). Checked here:
 
 - every k from 1 to T, and k > T, against full BPTT (float64 normwise <= 1e-13, the
@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from manual import lstm, rnn
+from manual import gru, lstm, rnn
 from reference import autodiff
 from suite import compare as cmp
+from suite.cases import gru as gru_cases
 from suite.cases import lstm as lstm_cases
 from suite.cases import rnn as rnn_cases
 
@@ -44,18 +45,23 @@ CELLS = {
     "lstm": dict(module=lstm, cases=lstm_cases, sizes=(2, 3, 4),
                  primals=("params", "xs", "h0", "c0"),
                  reference=lstm_cases.reference_hidden_states),
+    "gru": dict(module=gru, cases=gru_cases, sizes=(3, 4, 5), primals=("params", "xs", "h0"),
+                reference=gru_cases.reference_forward),
 }
 # Every k is a program of its own (k is static), so the sweep's cost is its number of
-# compiled backward passes. make test: T = 5 (rnn; k = 2, 3, 4 leave a short last
-# segment) and T = 4 (lstm; k = 2 divides it, 3 does not), full BPTT and truncation with
-# xi together. pytest -m slow: T = 7 (rnn: a prime, every 1 < k < 7 leaves a short last
-# segment, k = 2 and 3 after several full ones) and T = 6 (lstm: k = 2, 3 divide it, 4
-# and 5 do not), and every strategy.
+# compiled backward passes. Small: T = 5 (rnn; k = 2, 3, 4 leave a short last segment)
+# and T = 4 (lstm, gru; k = 2 divides it, 3 does not), full BPTT and truncation with xi
+# together. pytest -m slow: T = 7 (rnn, gru: a prime, every 1 < k < 7 leaves a short
+# last segment, k = 2 and 3 after several full ones) and T = 6 (lstm: k = 2, 3 divide it,
+# 4 and 5 do not), and every strategy.
+# make test runs four of these programs (the test-time budget): the RNN without and with
+# truncation and xi, the LSTM and the GRU with them; the rest is "slow".
+FAST = {("rnn", 5, "full"), ("rnn", 5, "k2-xi"), ("lstm", 4, "k2-xi"), ("gru", 4, "k2-xi")}
 SWEEPS = [pytest.param(cell, steps, strategy, id=f"{cell}-T{steps}-{strategy}",
-                       marks=[pytest.mark.slow] if slow else [])
-          for slow, table in ((False, {"rnn": 5, "lstm": 4}), (True, {"rnn": 7, "lstm": 6}))
-          for cell, steps in table.items()
-          for strategy in (STRATEGIES if slow else ("full", "k2-xi"))]
+                       marks=[] if (cell, steps, strategy) in FAST else [pytest.mark.slow])
+          for cell, small, large in (("rnn", 5, 7), ("lstm", 4, 6), ("gru", 4, 7))
+          for steps, strategies in ((small, ("full", "k2-xi")), (large, STRATEGIES))
+          for strategy in strategies]
 
 
 def _flat(tree):
@@ -109,7 +115,9 @@ def test_every_checkpoint_equals_full_bptt(cell, steps, strategy):
     assert max(distances.values()) <= BOUND, distances
 
 
-@pytest.mark.parametrize("cell, steps", [("rnn", 5), ("lstm", 4)])
+@pytest.mark.parametrize("cell, steps", [("rnn", 5),
+                                         pytest.param("lstm", 4, marks=pytest.mark.slow),
+                                         pytest.param("gru", 4, marks=pytest.mark.slow)])
 def test_planted_segment_mistakes_fail(cell, steps):
     """Two ways to get the segments wrong, each far outside the bound.
 

@@ -1,4 +1,4 @@
-"""What XLA makes of rnn.backward and lstm.backward: the compiled program, not its output.
+"""What XLA makes of rnn, lstm and gru ``backward``: the compiled program, not its output.
 
 Compile only (no run, no timing):
 
@@ -18,13 +18,15 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
-from manual import lstm, rnn
+from manual import gru, lstm, rnn
 from reference import autodiff
+from suite.cases import gru as gru_cases
 from suite.cases import lstm as lstm_cases
 from suite.cases import rnn as rnn_cases
 
 CELLS = {"rnn": (rnn, rnn_cases, ("params", "xs", "h0"), rnn.forward),
-         "lstm": (lstm, lstm_cases, ("params", "xs", "h0", "c0"), lstm_cases.hidden_states)}
+         "lstm": (lstm, lstm_cases, ("params", "xs", "h0", "c0"), lstm_cases.hidden_states),
+         "gru": (gru, gru_cases, ("params", "xs", "h0"), gru.forward)}
 # T large enough that XLA keeps the scans as loops (it may unroll tiny trip counts)
 T, N, D, H = 40, 4, 8, 16
 # XLA's LLVM optimization level 0: the same HLO (fusion, buffer assignment), compiled faster
@@ -67,7 +69,11 @@ def test_each_scan_body_holds_exactly_one_matrix_product(cell):
     assert [_dots(b, comps) for b in bodies] == [1, 1]
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+# one cell in make test (the test-time budget), the others with pytest -m slow
+ONE_FAST = ["rnn"] + [pytest.param(c, marks=pytest.mark.slow) for c in CELLS if c != "rnn"]
+
+
+@pytest.mark.parametrize("cell", ONE_FAST)
 def test_autodiff_reverse_body_has_two_products(cell):
     # the same count on jax.vjp of the forward: dW_h is accumulated inside its reverse body
     _, _, primals, forward = CELLS[cell]
@@ -107,7 +113,7 @@ def _temp_bytes(module, args, checkpoint):
     return analysis.temp_size_in_bytes
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", ONE_FAST)
 def test_checkpointing_shrinks_the_compiled_temporary_memory(cell):
     # T = 256: "sqrt" keeps 16 states and one 16-step segment's residuals where full BPTT
     # keeps 256 steps of them
