@@ -39,10 +39,17 @@ entering those steps is cut); ``xi`` (randomized truncation) sets omega_t = xi_t
 weight gradients and the input projection are single matrix products over all T·N
 rows, outside the scans (as in manual.rnn and manual.lstm).
 
+``checkpoint=k`` (or "sqrt", k = ⌈√T⌉) keeps only the state entering every k-th step and
+recomputes each segment of k steps, residuals included, in the reverse sweep
+(manual/_bptt.py derives the memory, O(T/k + k) states instead of O(T)); the products
+above are then taken per segment. It combines with ``truncation`` and ``xi`` and equals
+full BPTT to rounding.
+
 Sources: K. Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for
 Statistical Machine Translation" (2014), the gated recurrent unit; the torch.nn.GRU
 documentation for the variant computed here (r applied to h W_hn + b_hn); d2l.ai 9.7
-and C. Tallec and Y. Ollivier (2017) for truncated and randomized BPTT.
+and C. Tallec and Y. Ollivier (2017) for truncated and randomized BPTT; T. Chen et al.,
+"Training Deep Nets with Sublinear Memory Cost" (2016) for checkpointing.
 
 Example::
 
@@ -146,13 +153,41 @@ def _reverse_step(w_h_t, g_t, inputs):
     return (g_prev if omega_t is None else omega_t * g_prev), (delta_x, delta_h)
 
 
-def _scan_forward(params, xs, h0, *, residuals=False):
+def _scan_forward(params, xs, h0, *, residuals=False, keep=True):
+    """(h leaving, what the scan emits): hs, the residuals (``residuals``), or nothing."""
     w_h, b_h = params["w_h"], params["b_h"]
 
     def step(h_prev, a_t):
-        return _forward_step(w_h, b_h, h_prev, a_t, residuals=residuals)
+        h_t, out = _forward_step(w_h, b_h, h_prev, a_t, residuals=residuals)
+        return h_t, (out if keep else None)
 
-    return lax.scan(step, h0, _input_projection(params, xs))[1]
+    return lax.scan(step, h0, _input_projection(params, xs))
+
+
+def _reverse(params, state, xs, residuals, dhs, omega, adjoint):
+    """The reverse steps of one segment (module docstring), from its residuals."""
+    (h0,), (g_last,) = state, adjoint
+    steps, n, d = xs.shape
+    h = h0.shape[1]
+    hs, factors, rs, zs = residuals
+    w_h_t = params["w_h"].T
+
+    def step(g_t, inputs):
+        return _reverse_step(w_h_t, g_t, inputs)
+
+    dh0, (delta_x, delta_h) = lax.scan(step, g_last, (dhs, factors, rs, zs, omega),
+                                       reverse=True)
+
+    # Shared weights: each gradient is one sum over all the segment's rows, after the scan.
+    delta_x = delta_x.reshape(steps * n, 3 * h)
+    delta_h = delta_h.reshape(steps * n, 3 * h)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * n, h)
+    dparams = {"w_x": xs.reshape(steps * n, d).T @ delta_x,
+               "w_h": h_prev.T @ delta_h,
+               "b_x": delta_x.sum(axis=0),
+               "b_h": delta_h.sum(axis=0)}
+    dxs = (delta_x @ params["w_x"].T).reshape(steps, n, d)
+    return (dh0,), dparams, dxs
 
 
 def forward(params: dict, xs: ArrayLike, h0: ArrayLike) -> Array:
@@ -168,12 +203,12 @@ def forward(params: dict, xs: ArrayLike, h0: ArrayLike) -> Array:
       hs: every hidden state, (T, N, H), in the dtype of the arguments.
     """
     _check(params, xs, h0)
-    return _scan_forward(params, xs, h0)
+    return _scan_forward(params, xs, h0)[1]
 
 
 def backward(params: dict, xs: ArrayLike, h0: ArrayLike, dhs: ArrayLike, *,
-             truncation: int | None = None,
-             xi: ArrayLike | None = None) -> tuple[dict, Array, Array]:
+             truncation: int | None = None, xi: ArrayLike | None = None,
+             checkpoint: int | str | None = None) -> tuple[dict, Array, Array]:
     """Backprop through time for the GRU: the gradients of <dhs, hs>.
 
     Args:
@@ -186,6 +221,10 @@ def backward(params: dict, xs: ArrayLike, h0: ArrayLike, dhs: ArrayLike, *,
       xi: None, or (T,) weights of randomized truncation (``randomized_weights``):
         the adjoint that step t sends back into h_{t-1} (h0 for t = 0), both through
         W_h and through z ⊙ h_{t-1}, is multiplied by xi_t. Composes with ``truncation``.
+      checkpoint: None (keep every step's residuals), a positive int k or "sqrt"
+        (k = ⌈√T⌉): keep only the state entering every k-th step and recompute each
+        segment of k steps in the reverse sweep, O(T/k + k) states of memory (static).
+        Same result to rounding; combines with ``truncation`` and ``xi``.
 
     Returns:
       (dparams, dxs, dh0): dparams a dict with the keys and shapes of params, dxs
@@ -193,27 +232,19 @@ def backward(params: dict, xs: ArrayLike, h0: ArrayLike, dhs: ArrayLike, *,
     """
     _check(params, xs, h0, dhs)
     _bptt.check_truncation(truncation)
-    steps, n, d = xs.shape
-    h = h0.shape[1]
+    steps = xs.shape[0]
+    k = _bptt.segment_length(checkpoint, steps)
     _bptt.check_xi(xi, steps, xs.dtype)
     omega = _bptt.adjoint_weights(steps, truncation, xi, xs.dtype)
 
-    hs, factors, rs, zs = _scan_forward(params, xs, h0, residuals=True)
-    w_h_t = params["w_h"].T
+    def advance(state, xs):
+        return (_scan_forward(params, xs, state[0], keep=False)[0],)
 
-    def step(g_t, inputs):
-        return _reverse_step(w_h_t, g_t, inputs)
+    def residuals(state, xs):
+        return _scan_forward(params, xs, state[0], residuals=True)[1]
 
-    dh0, (delta_x, delta_h) = lax.scan(step, jnp.zeros_like(h0),
-                                       (dhs, factors, rs, zs, omega), reverse=True)
+    def reverse(*segment):
+        return _reverse(params, *segment)
 
-    # Shared weights: each gradient is one sum over all T·N rows, taken after the scan.
-    delta_x = delta_x.reshape(steps * n, 3 * h)
-    delta_h = delta_h.reshape(steps * n, 3 * h)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * n, h)
-    dparams = {"w_x": xs.reshape(steps * n, d).T @ delta_x,
-               "w_h": h_prev.T @ delta_h,
-               "b_x": delta_x.sum(axis=0),
-               "b_h": delta_h.sum(axis=0)}
-    dxs = (delta_x @ params["w_x"].T).reshape(steps, n, d)
+    dparams, dxs, (dh0,) = _bptt.segmented(advance, residuals, reverse, (h0,), xs, dhs, omega, k)
     return dparams, dxs, dh0

@@ -19,7 +19,7 @@ import jax
 import pandas as pd
 
 from suite import compare as cmp
-from suite.bench import stagewise
+from suite.bench import bptt, stagewise
 from suite.cases import Case
 from suite.cases import cases as registered_cases
 from suite.run import build_inputs, resolve_device
@@ -28,7 +28,8 @@ from suite.timing import block, compile_timed, time_interleaved
 __all__ = ["EXTRAS", "bench_case", "run_bench"]
 
 # family -> extra(device=..., echo=...) printed after the common table
-EXTRAS: dict[str, Callable[..., None]] = {"stagewise": stagewise.extra}
+EXTRAS: dict[str, Callable[..., None]] = {"stagewise": stagewise.extra,
+                                          "rnn": bptt.rnn_extra, "lstm": bptt.lstm_extra}
 
 
 def bench_case(case: Case, dtype: str, *, device: jax.Device, budget_s: float) -> dict:

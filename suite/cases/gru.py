@@ -10,7 +10,8 @@ Oracles, as for the RNN and the LSTM (suite/cases/rnn.py):
 The sequence table is the one rnn and lstm share (suite/cases/sequences.py); its
 "test" rows beyond two (full BPTT at T = 7, with the witness, and randomized truncation
 composed with a regular one) run as "slow" here, to keep ``make test`` inside its
-budget; T = 1, N = 1, k >= T and the 100-step sequences are all in "slow".
+budget; T = 1, N = 1, k >= T and the 100-step sequences are all in "slow", and so are the
+checkpointed rows (CHECKPOINT_CASES).
 """
 
 import jax
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from manual import gru
 from reference import bptt
 from suite.cases import Family, register, register_family
-from suite.cases.sequences import SEQUENCE_CASES, normals, sequence_case
+from suite.cases.sequences import CHECKPOINT_CASES, SEQUENCE_CASES, normals, sequence_case
 
 __all__ = ["builder", "bptt_case", "reference_step", "reference_forward", "PRIMALS"]
 
@@ -77,16 +78,19 @@ def builder(t, n, d, h, pi=None):
     return build
 
 
-def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test",
+def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, checkpoint=None, tier="test",
               dtypes=("float32", "float64")):
-    """A registry case for T, N, D, H and a truncation strategy (full, k, randomized)."""
+    """A registry case for T, N, D, H, a truncation strategy (full, k, randomized) and an
+    optional checkpoint segment length."""
     sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
     if pi is not None:
         sizes["pi"] = pi
+    if checkpoint is not None:
+        sizes["checkpoint"] = checkpoint
     return sequence_case(name, "gru", build=builder(t, n, d, h, pi), forward=gru.forward,
                          backward=gru.backward, reference_forward=reference_forward,
                          primals=PRIMALS, sizes=sizes, truncation=truncation, pi=pi,
-                         tier=tier, dtypes=dtypes)
+                         checkpoint=checkpoint, tier=tier, dtypes=dtypes)
 
 
 for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:
@@ -94,9 +98,18 @@ for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:
         tier = "slow"
     register(bptt_case(f"gru/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
 
+# Checkpointed BPTT: all "slow" here (make test sweeps every k for the GRU against full
+# BPTT and its oracle in suite/tests/test_bptt_checkpoint.py).
+for label, t, n, d, h, k, pi, ck, tier in CHECKPOINT_CASES:
+    register(bptt_case(f"gru/{label}", t, n, d, h, truncation=k, pi=pi, checkpoint=ck,
+                       tier="slow" if tier == "test" else tier))
+
 # D = 1 (a scalar input per step) and H = 1 (a scalar state), full and truncated.
 register(bptt_case("gru/T7-D1-H1", 7, 3, 1, 1, tier="slow"))
 register(bptt_case("gru/T7-D1-H1-k2", 7, 3, 1, 1, truncation=2, tier="slow"))
 
 # The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
 register(bptt_case("gru/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
+# The same with checkpoint="sqrt" (k = 10): what recomputing the segments costs at T = 100.
+register(bptt_case("gru/bench-T100-N32-D256-H256-ck-sqrt", 100, 32, 256, 256,
+                   checkpoint="sqrt", tier="bench"))

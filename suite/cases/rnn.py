@@ -19,7 +19,10 @@ import jax.numpy as jnp
 from manual import clip, rnn
 from reference import autodiff, bptt
 from suite.cases import Case, Family, register, register_family
-from suite.cases.sequences import SEQUENCE_CASES, normals, sequence_case
+from suite.cases.sequences import CHECKPOINT_CASES, SEQUENCE_CASES, normals, sequence_case
+
+__all__ = ["Grads", "PRIMALS", "bptt_case", "builder", "clipped_case", "reference_clip",
+           "reference_forward", "reference_step"]
 
 register_family(Family(
     name="rnn",
@@ -72,15 +75,19 @@ def _args(inputs):
     return tuple(inputs[k] for k in PRIMALS)
 
 
-def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test", dtypes=("float32", "float64")):
-    """A registry case for T, N, D, H and a truncation strategy (full, k, randomized)."""
+def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, checkpoint=None, tier="test",
+              dtypes=("float32", "float64")):
+    """A registry case for T, N, D, H, a truncation strategy (full, k, randomized) and an
+    optional checkpoint segment length."""
     sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
     if pi is not None:
         sizes["pi"] = pi
+    if checkpoint is not None:
+        sizes["checkpoint"] = checkpoint
     return sequence_case(name, "rnn", build=builder(t, n, d, h, pi), forward=rnn.forward,
                          backward=rnn.backward, reference_forward=reference_forward,
                          primals=PRIMALS, sizes=sizes, truncation=truncation, pi=pi,
-                         tier=tier, dtypes=dtypes)
+                         checkpoint=checkpoint, tier=tier, dtypes=dtypes)
 
 
 def reference_clip(grads, max_norm):
@@ -109,9 +116,14 @@ def clipped_case(name, t, n, d, h, *, max_norm, truncation=None, tier="test"):
 
 for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:
     register(bptt_case(f"rnn/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
+for label, t, n, d, h, k, pi, ck, tier in CHECKPOINT_CASES:
+    register(bptt_case(f"rnn/{label}", t, n, d, h, truncation=k, pi=pi, checkpoint=ck, tier=tier))
 
 register(clipped_case("rnn/T7-clip", 7, 3, 4, 5, max_norm=1.0, tier="slow"))
 register(clipped_case("rnn/T7-k3-clip", 7, 3, 4, 5, max_norm=1.0, truncation=3, tier="slow"))
 
 # The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
 register(bptt_case("rnn/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
+# The same with checkpoint="sqrt" (k = 10): what recomputing the segments costs at T = 100.
+register(bptt_case("rnn/bench-T100-N32-D256-H256-ck-sqrt", 100, 32, 256, 256,
+                   checkpoint="sqrt", tier="bench"))
