@@ -51,7 +51,7 @@ def _leaves(tree):
     return found
 
 
-def global_norm(grads) -> Array:
+def global_norm(grads: object) -> Array:
     """‖g‖ over every leaf of ``grads``, in the widest floating dtype among them.
 
     Args:
@@ -70,7 +70,7 @@ def global_norm(grads) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(dtype))) for _, leaf in leaves))
 
 
-def clip_by_global_norm(grads, max_norm: ArrayLike) -> tuple[object, Array]:
+def clip_by_global_norm(grads: object, max_norm: ArrayLike) -> tuple[object, Array]:
     """Rescale ``grads`` so that their global norm is at most ``max_norm``.
 
     Args:

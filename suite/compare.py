@@ -36,6 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["REL_FLOOR", "Tolerance", "TOLERANCES", "AMPLIFICATION_SAFETY", "FD_TOLERANCE",
+           "FD_SAFETY", "tolerance", "unit_roundoff", "amplification", "widening", "LeafReport",
+           "Comparison", "band", "compare_leaf", "compare", "witness"]
+
 # Entries smaller than this fraction of the leaf's largest magnitude have their relative
 # error measured against that fraction instead (it keeps max rel error informative).
 REL_FLOOR = 1e-3

@@ -19,6 +19,9 @@ import numpy as np
 from reference import autodiff
 from suite.cases import Case
 
+__all__ = ["numpy_rng", "normal", "away_from_zero", "split", "vjp_case", "KINKED", "mlp_params",
+           "mlp_targets", "kink_margin", "mlp_inputs"]
+
 
 def numpy_rng(key):
     """A numpy Generator seeded from a JAX key (raw uint32 or typed)."""
