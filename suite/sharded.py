@@ -222,9 +222,10 @@ def hessian(params: Any, x: Any, y: Any, *, mesh: Mesh, activation: str, loss: s
     """The exact (P, P) Hessian of ``manual.mlp.loss``, rows over "model", samples over "data".
 
     The device at ("data" = i, "model" = j) computes rows [j R, (j + 1) R) of the
-    stagewise Hessian of its own n_s samples (``manual.stagewise.hessian_rows``, λ = 0),
-    scales them by n_s / N, and the slabs are psum-ed over "data"; λ is then added once
-    on the weight diagonal. R = P / n_model, n_model = 1 when the mesh has no "model"
+    stagewise Hessian H̄_s of its own n_s samples (``manual.stagewise.hessian_rows``,
+    λ = 0); the slabs are psum-ed over "data" and scaled by n_s / N (every shard has the
+    same n_s, so Σ_s (n_s / N) H̄_s = (n_s / N) Σ_s H̄_s), and λ is added once on the
+    weight diagonal. R = P / n_model, n_model = 1 when the mesh has no "model"
     axis; n_model must divide P.
 
     Args:
