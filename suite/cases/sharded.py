@@ -175,6 +175,8 @@ register(hessian_case("data4", [5, 6, 4], 8, "tanh", "softmax_cross_entropy", 0.
 register(hessian_case("data2-model2", [3, 4, 4, 4], 8, "softplus", "mse", 0.0))
 register(hessian_case("model4", [3, 4, 4, 4], 8, "sigmoid", "softmax_cross_entropy", 0.05))
 register(conv_case("data4", 8, 4, 6, (7, 7), (3, 3), stride=2, padding=1, groups=2))
-register(conv_case("data2-model2", 4, 3, 5, (8, 6), (2, 3), dilation=2))
+# groups on a 2-D mesh: compiled in one program with the sharded side, this reference
+# would be partitioned too, and XLA gets a grouped convolution's dW wrong there (run.py)
+register(conv_case("data2-model2", 4, 4, 6, (8, 6), (2, 3), dilation=2, groups=2))
 register(rnn_case("data4", 6, 8, 3, 5))
 register(rnn_case("data2-model2", 7, 4, 3, 5, truncation=3))

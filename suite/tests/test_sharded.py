@@ -108,8 +108,9 @@ def test_bad_input_is_a_value_error_naming_the_argument(measured, name, argument
     assert re.match(rf"{argument}\b", entry["message"]), entry["message"]
 
 
-def test_a_registry_case_passes_through_run_case(measured):
-    row = measured["registry"]
+@pytest.mark.parametrize("name", worker.REGISTRY_CASES)
+def test_registry_case_passes_through_run_case(measured, name):
+    row = measured["registry"][name]
     assert row["status"] == "PASS", row["message"]
     assert row["normwise"] <= 1e-12 and row["fd_error"] is not None
 
