@@ -62,7 +62,8 @@ FUNCTIONS = ("mlp_grad", "conv2d_backward", "rnn_backward", "hessian")
 AUTO_FUNCTIONS = ("mlp_grad", "hessian")
 PLANTED = ("mlp_grad: missing psum", "mlp_grad: shard gradient not rescaled",
            "mlp_grad: l2 added per shard", "hessian: every device computes rows 0..R",
-           "hessian: missing psum over data", "conv2d_backward: dw not summed over shards",
+           "hessian: missing psum over data", "hessian: l2 added unscaled per shard",
+           "conv2d_backward: dw not summed over shards",
            "rnn_backward: dparams not summed over shards",
            "registry: one-element slip in the sharded Hessian")
 # bad call -> the argument its ValueError must name first
@@ -220,24 +221,26 @@ def _hessian_mutant(mesh, kind):
     rows = total // parts
 
     def body(params, x, y):
+        # The slab from this shard's whole stagewise Hessian: the row method does not
+        # matter to these mistakes, which are in how the slabs are placed and combined.
         j = lax.axis_index("model")
         share = 1.0 / mesh.shape["data"]
-        branches = [functools.partial(
-            lambda k, p, a, b: stagewise.hessian_rows(p, a, b, k * rows, (k + 1) * rows,
-                                                      activation=kw["activation"],
-                                                      loss=kw["loss"]), k)
-                    for k in range(parts)]
-        if kind == "rows 0..R":
-            mine = branches[0](params, x, y)
-        else:
-            mine = lax.switch(j, branches, params, x, y)
-        mine = mine * share
-        if kind != "missing psum":
-            mine = lax.psum(mine, "data")
+        full = stagewise.hessian(params, x, y, activation=kw["activation"], loss=kw["loss"])
+        first = 0 if kind == "rows 0..R" else j * rows
+        mine = lax.dynamic_slice(full, (jnp.int32(first), jnp.int32(0)), (rows, total))
         weights = [jnp.concatenate([jnp.ones(w.size), jnp.zeros(b.size)]) for w, b in params]
         on = lax.dynamic_slice(jnp.concatenate(weights), (j * rows,), (rows,))
         local = jnp.arange(rows)
-        return mine.at[local, j * rows + local].add(kw["l2"] * on)
+
+        def penalised(slab):  # + λ on this device's weight rows
+            return slab.at[local, j * rows + local].add(kw["l2"] * on)
+
+        mine = mine * share
+        if kind == "l2 per shard":  # λ on every shard, unscaled: S λ in the sum
+            mine = penalised(mine)
+        if kind != "missing psum":
+            mine = lax.psum(mine, "data")
+        return mine if kind == "l2 per shard" else penalised(mine)
 
     def run(params, x, y):
         return jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data"), P("data")),
@@ -284,6 +287,8 @@ def planted(platform=None):
         "hessian: every device computes rows 0..R": (_hessian_mutant(grid, "rows 0..R"), h,
                                                      single_h),
         "hessian: missing psum over data": (_hessian_mutant(grid, "missing psum"), h, single_h),
+        "hessian: l2 added unscaled per shard": (_hessian_mutant(grid, "l2 per shard"), h,
+                                                 single_h),
     }
     out = {}
     for name, (fn, net, single) in runs.items():

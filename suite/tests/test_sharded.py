@@ -135,7 +135,8 @@ def test_report_without_the_devices_is_a_usage_error(tmp_path, capsys):
 
 
 def test_devices_beyond_the_machine_is_a_usage_error(tmp_path, capsys):
-    # JAX already runs in this process, so no host device can be added any more.
+    # Once JAX's backend runs, no host device can be added: 64 is more than there are.
+    assert jax.device_count() < 64  # (starts the backend, if no test of this process did)
     code = cli.main(["report", "--devices", "64", "--out", str(tmp_path), "--quick"])
     err = capsys.readouterr().err
     assert code == 2 and "--devices 64" in err and "device(s)" in err, err
