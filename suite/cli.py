@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import jax
+
 from suite import cases as registry
 from suite import checkfile
 from suite import studies as study_registry
@@ -57,6 +59,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def _device_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of devices, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _family_names() -> list[str]:
     return [f.name for f in registry.families()]
 
@@ -92,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="the test tier, judged but not timed, and the studies at small size "
                           "(minutes, not hours)")
     rep.add_argument("--no-studies", action="store_true", help="rows only")
+    rep.add_argument("--devices", type=_device_count, default=None,
+                     help="devices the sharded cases may use; on a CPU this many host devices "
+                          "are made (the family `sharded` needs 4); more than the machine's "
+                          "accelerators is an error")
 
     ben = sub.add_parser("bench", help="time compiled manual code against compiled autodiff")
     ben.add_argument("--device", default=None, choices=PLATFORMS)
@@ -114,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":  # the user's code, with JAX's settings as they are
         return _check(args)
+    if getattr(args, "devices", None):
+        _request_host_devices(args.devices)
     configure()
     try:
         if args.command == "list":
@@ -128,6 +147,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backprop-suite: error: {err}", file=sys.stderr)
         return 2
     return 2
+
+
+def _request_host_devices(count: int) -> None:
+    """Ask JAX for ``count`` CPU devices; only possible before its backends start.
+
+    On a GPU or TPU machine this adds host devices only: the accelerators are what they
+    are, and ``_check_devices`` compares their number with the request.
+    """
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX already runs (main() called inside a JAX program): checked later
+        pass
+
+
+def _check_devices(requested: int | None, device: jax.Device) -> int:
+    """The number of ``device.platform`` devices; ValueError if fewer than ``requested``."""
+    have = len(jax.devices(device.platform))
+    if requested is not None and have < requested:
+        hint = (" (JAX's CPU backend had already started, so --devices could not add host "
+                "devices: run backprop-suite in a fresh process)" if device.platform == "cpu"
+                else "")
+        raise ValueError(f"--devices {requested}: this machine has {have} {device.platform} "
+                         f"device(s){hint}")
+    return have
+
+
+def _needs_devices(selected: list, have: int) -> tuple[list, list]:
+    """(runnable, left out): cases or studies that need more devices than ``have``."""
+    return ([x for x in selected if x.devices <= have],
+            [x for x in selected if x.devices > have])
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -176,9 +225,20 @@ class _Progress:
 
 def _report(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    have = _check_devices(args.devices, device)
     tiers = args.tier or (("test",) if args.quick else ("test", "slow", "report"))
-    selected = registry.cases(family=args.family, tiers=tiers)
-    studies = [] if args.no_studies else study_registry.studies(family=args.family)
+    selected, left_cases = _needs_devices(registry.cases(family=args.family, tiers=tiers), have)
+    studies, left_studies = _needs_devices(
+        [] if args.no_studies else study_registry.studies(family=args.family), have)
+    left_out = ""
+    if left_cases or left_studies:
+        need = max(x.devices for x in left_cases + left_studies)
+        left_out = (f"; left out {len(left_cases)} cases and {len(left_studies)} studies that "
+                    f"need {need} {device.platform} devices, this process has {have} "
+                    f"(backprop-suite report --devices {need})")
+        if not selected and not studies:
+            raise ValueError(f"nothing to run{left_out}")
+        print(f"backprop-suite: {left_out[2:]}", file=sys.stderr)
     total = sum(1 for c in selected for d in args.dtype if d in c.dtypes) + len(studies)
     start = time.perf_counter()
     progress = _Progress(total)
@@ -191,7 +251,8 @@ def _report(args: argparse.Namespace) -> int:
     results.environment["selection"] = (
         f"{'quick (judged, not timed): ' if args.quick else ''}tiers {','.join(tiers)}; dtypes "
         f"{','.join(args.dtype)}; families {','.join(args.family) if args.family else 'all'}; "
-        f"{len(studies)} studies{' at small size' if args.quick else ''}")
+        f"{len(studies)} studies{' at small size' if args.quick else ''}; "
+        f"{have} {device.platform} device(s){left_out}")
     title = "backprop-suite quick report" if args.quick else "backprop-suite report"
     paths = write_report(results, os.path.join(args.out, device.platform), title=title)
     print(verdict(results).replace("**", ""))

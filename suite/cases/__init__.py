@@ -66,6 +66,9 @@ class Case:
       dtypes: the dtypes this case runs in.
       tier: one of TIERS.
       seed: PRNG seed; by default a hash of the name, so every failure reproduces.
+      devices: how many devices of the run's platform the case needs (its manual side
+        builds a mesh of them, see suite/cases/sharded.py). A process with fewer skips
+        the case (pytest) or leaves it out of the report with a note (the CLI).
     """
     name: str
     family: str
@@ -79,12 +82,16 @@ class Case:
     dtypes: tuple = DTYPES
     tier: str = "test"
     seed: int | None = None
+    devices: int = 1
 
     def __post_init__(self):
         if self.tier not in TIERS:
             raise ValueError(f"case {self.name}: tier must be one of {TIERS}, got {self.tier!r}")
         if self.order not in (1, 2):
             raise ValueError(f"case {self.name}: order must be 1 or 2, got {self.order}")
+        if not (isinstance(self.devices, int) and self.devices >= 1):
+            raise ValueError(f"case {self.name}: devices must be a positive int, got "
+                             f"{self.devices!r}")
         if self.objective is not None and not self.wrt:
             raise ValueError(f"case {self.name}: an objective needs the names in wrt")
         if self.seed is None:

@@ -46,6 +46,8 @@ class Study:
       title: one line for the report's heading.
       run: ``run(*, quick: bool, device) -> Outcome``.
       render: ``render(result: StudyResult, out_dir: str) -> str`` (markdown).
+      devices: how many devices of the run's platform it needs (as ``Case.devices``):
+        ``backprop-suite report`` leaves it out, with a note, where there are fewer.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Study:
     title: str
     run: Callable[..., Outcome]
     render: Callable[[StudyResult, str], str]
+    devices: int = 1
 
 
 _STUDIES: dict[str, Study] = {}

@@ -28,8 +28,9 @@ FIRST_PARTY = ("manual", "reference", "suite")
 LAYERS = {
     "suite.version": 0, "suite.results": 0, "suite.io": 0, "suite.config": 0,
     "suite.compare": 1, "suite.plots": 1, "suite.timing": 1, "suite.custom_grad": 1,
+    "suite.sharded": 1,  # manual/ on a mesh: the registry (2) and the studies (3) use it
     "suite.cases": 2,
-    "suite.studies": 3, "suite.sharded": 3,
+    "suite.studies": 3,
     "suite.run": 4,
     "suite.report": 5, "suite.bench": 5, "suite.check": 5, "suite.testing": 6,
     "suite.checkfile": 6,

@@ -6,6 +6,7 @@ below show that the same path turns a wrong derivative into a FAIL for every fam
 
 import dataclasses
 
+import jax
 import pytest
 
 from suite import cases as registry
@@ -13,10 +14,18 @@ from suite import run
 from suite.tests.planting import nudge_one_element, plant, scale
 
 
+def _device_marks(case):
+    """A case that needs a mesh runs where the process has the devices (test_sharded.py
+    runs them with four forced host devices); here it is skipped."""
+    have = jax.device_count()
+    return [pytest.mark.skip(reason=f"needs {case.devices} devices, this process has {have}")
+            ] if case.devices > have else []
+
+
 def _params(tiers):
     out = []
     for case in registry.cases(tiers=tiers):
-        marks = [pytest.mark.slow] if case.tier == "slow" else []
+        marks = ([pytest.mark.slow] if case.tier == "slow" else []) + _device_marks(case)
         out += [pytest.param(case, dtype, id=f"{case.name}-{dtype}", marks=marks)
                 for dtype in case.dtypes]
     return out
@@ -36,7 +45,7 @@ def _first_case_of_each_family():
     seen = {}
     for case in registry.cases(tiers=("test",)):
         seen.setdefault(case.family, case)
-    return [pytest.param(c, id=c.family) for c in seen.values()]
+    return [pytest.param(c, id=c.family, marks=_device_marks(c)) for c in seen.values()]
 
 
 @pytest.mark.parametrize("case", _first_case_of_each_family())
