@@ -29,7 +29,7 @@ __all__ = ["TIERS", "DTYPES", "FAMILY_ORDER", "Family", "Case", "register_family
 TIERS = ("test", "slow", "report", "bench")
 DTYPES = ("float32", "float64")
 # The order of the report's sections (families not listed here follow, alphabetically).
-FAMILY_ORDER = ("linear", "mlp", "conv", "pool", "rnn", "lstm", "gru", "layernorm", "batchnorm",
+FAMILY_ORDER = ("linear", "mlp", "conv", "conv_transpose", "pool", "rnn", "lstm", "gru", "layernorm", "batchnorm",
                 "attention", "embedding", "stagewise")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from manual import _windows, conv, im2col
+from manual import conv, im2col, windows
 from suite import run
 from suite.cases import conv as conv_cases
 
@@ -30,14 +30,20 @@ def _explain(row):
 
 
 def naive_conv2d(x, w, b, stride, padding, dilation, groups):
-    """torch.nn.functional.conv2d by its definition, in loops (shares no code with manual/)."""
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    """torch.nn.functional.conv2d by its definition, in loops (shares no code with manual/).
+
+    ``padding`` is ((top, bottom), (left, right)); an unbatched x (C, H, W) gives an
+    unbatched y.
+    """
+    if x.ndim == 3:
+        return naive_conv2d(x[None], w, b, stride, padding, dilation, groups)[0]
+    (sh, sw), ((pt, pb), (pl, pr)), (dh, dw) = stride, padding, dilation
     n, c_in, h, wd = x.shape
     c_out, c_g, kh, kw = w.shape
-    xp = np.zeros((n, c_in, h + 2 * ph, wd + 2 * pw))
-    xp[:, :, ph:ph + h, pw:pw + wd] = x
-    ho = (h + 2 * ph - (kh - 1) * dh - 1) // sh + 1
-    wo = (wd + 2 * pw - (kw - 1) * dw - 1) // sw + 1
+    xp = np.zeros((n, c_in, h + pt + pb, wd + pl + pr))
+    xp[:, :, pt:pt + h, pl:pl + wd] = x
+    ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    wo = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
     o_g = c_out // groups
     y = np.zeros((n, c_out, ho, wo))
     for o in range(c_out):
@@ -48,30 +54,51 @@ def naive_conv2d(x, w, b, stride, padding, dilation, groups):
                 for c in range(c_g):
                     for a in range(kh):
                         for e in range(kw):
-                            acc += xp[:, g * c_g + c, i * sh + a * dh, j * sw + e * dw] * w[o, c, a, e]
+                            acc += (xp[:, g * c_g + c, i * sh + a * dh, j * sw + e * dw]
+                                    * w[o, c, a, e])
                 y[:, o, i, j] = acc
     return y
 
 
 FORWARD_CONFIGS = [
-    # (x shape, w shape, stride, padding, dilation, groups)
-    ((2, 3, 6, 5), (4, 3, 3, 2), (1, 1), (0, 0), (1, 1), 1),
-    ((1, 4, 7, 8), (6, 2, 2, 3), (2, 3), (1, 2), (2, 1), 2),
-    ((2, 3, 5, 5), (3, 1, 3, 3), (3, 3), (1, 1), (1, 1), 3),
-    ((1, 2, 4, 6), (2, 2, 1, 1), (2, 2), (2, 1), (1, 1), 1),
-    ((1, 1, 3, 3), (1, 1, 5, 5), (1, 1), (1, 1), (1, 1), 1),
+    # (x shape, w shape, stride, padding argument, the padding it means, dilation, groups)
+    ((2, 3, 6, 5), (4, 3, 3, 2), (1, 1), (0, 0), ((0, 0), (0, 0)), (1, 1), 1),
+    ((1, 4, 7, 8), (6, 2, 2, 3), (2, 3), (1, 2), ((1, 1), (2, 2)), (2, 1), 2),
+    ((2, 3, 5, 5), (3, 1, 3, 3), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 3),
+    ((1, 2, 4, 6), (2, 2, 1, 1), (2, 2), (2, 1), ((2, 2), (1, 1)), (1, 1), 1),
+    ((1, 1, 3, 3), (1, 1, 5, 5), (1, 1), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    # asymmetric pairs, a crop-deep bottom pad, unbatched
+    ((2, 2, 5, 6), (3, 2, 2, 3), (2, 1), ((0, 3), (2, 1)), ((0, 3), (2, 1)), (1, 2), 1),
+    ((4, 6, 5), (2, 2, 3, 2), (1, 2), ((1, 0), (0, 2)), ((1, 0), (0, 2)), (2, 1), 2),
+    # "same": total (k - 1)·d = 3 and 2 per axis, the odd extra row after; torch's
+    # example in the docs of F.conv2d (even kernel) and a dilated 3x3, unbatched
+    ((1, 2, 5, 4), (2, 2, 4, 3), (1, 1), "same", ((1, 2), (1, 1)), (1, 1), 1),
+    ((3, 4, 4), (2, 3, 3, 3), (1, 1), "same", ((2, 2), (1, 1)), (2, 1), 1),
+    ((2, 3, 6, 7), (2, 3, 3, 2), (2, 3), "valid", ((0, 0), (0, 0)), (1, 1), 1),
 ]
 
 
 @pytest.mark.parametrize("impl", ["lax", "im2col"])
-@pytest.mark.parametrize("xs, ws, s, p, d, g", FORWARD_CONFIGS)
-def test_forward_matches_the_definition(impl, xs, ws, s, p, d, g):
+@pytest.mark.parametrize("xs, ws, s, p, pads, d, g", FORWARD_CONFIGS)
+def test_forward_matches_the_definition(impl, xs, ws, s, p, pads, d, g):
     rng = np.random.default_rng(0)
     x, w, b = rng.normal(size=xs), rng.normal(size=ws), rng.normal(size=ws[0])
     forward = jax.jit(functools.partial(FORWARDS[impl], stride=s, padding=p, dilation=d,
                                         groups=g))
     y = forward(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
-    np.testing.assert_allclose(y, naive_conv2d(x, w, b, s, p, d, g), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, naive_conv2d(x, w, b, s, pads, d, g), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_same_padding_keeps_the_size_and_resolves_as_torch():
+    # torch pads (k - 1)·d // 2 before and the rest after; the case module's oracle pads
+    # the same way by its own rule (suite.cases.conv.resolve_padding)
+    x, b = jnp.ones((1, 1, 5, 6)), jnp.zeros(1)
+    for kernel, dilation, pads in (((2, 2), (1, 1), ((0, 1), (0, 1))),
+                                   ((3, 4), (2, 1), ((2, 2), (1, 2)))):
+        g = conv.geometry(x, jnp.ones((1, 1) + kernel), b, padding="same", dilation=dilation)
+        assert g.padding == pads and g.out == (5, 6)
+        assert conv_cases.resolve_padding("same", kernel, dilation) == pads
 
 
 @pytest.mark.parametrize("impl", ["lax", "im2col"])
@@ -103,6 +130,24 @@ def test_gradients_worked_by_hand(impl):
                           padding=1, dilation=2)
     np.testing.assert_array_equal(dw[0, 0], [[1, 2], [3, 4]])
     np.testing.assert_array_equal(dx[0, 0], [[1, 1], [1, 1]])
+    # "same" with a 2x2 kernel on an all-ones 3x3 image: padded (0, 1) per axis to 4x4,
+    # 3x3 outputs. Pixel u is in windows u - 1 and u (those that exist): 1, 2, 2 per axis;
+    # tap 0 meets rows 0..2 (3 real), tap 1 rows 1..3 (2 real, then the pad)
+    x = jnp.ones((1, 3, 3))  # unbatched
+    dx, dw, db = backward(x, jnp.ones((1, 1, 2, 2)), jnp.zeros(1), jnp.ones((1, 3, 3)),
+                          padding="same")
+    np.testing.assert_array_equal(dx[0], [[1, 2, 2], [2, 4, 4], [2, 4, 4]])
+    np.testing.assert_array_equal(dw[0, 0], [[9, 6], [6, 4]])
+    np.testing.assert_array_equal(db, [9])
+    # asymmetric padding ((2, 0), (0, 0)), 1x1 kernel, stride 2 on a 3x1 column: padded
+    # rows 0, 1 are zeros, outputs read padded rows 0, 2, 4 = zero, x0, x2; x1 lies
+    # between two windows and gets nothing
+    x = jnp.array([1.0, 2.0, 3.0]).reshape(1, 1, 3, 1)
+    dx, dw, db = backward(x, jnp.full((1, 1, 1, 1), 5.0), jnp.zeros(1),
+                          jnp.array([1.0, 10.0, 100.0]).reshape(1, 1, 3, 1), stride=(2, 1),
+                          padding=((2, 0), (0, 0)))
+    np.testing.assert_array_equal(dx[0, 0, :, 0], [50, 0, 500])
+    np.testing.assert_array_equal(dw[0, 0], [[10 * 1 + 100 * 3]])
 
 
 @pytest.mark.parametrize("impl", ["lax", "im2col"])
@@ -125,17 +170,30 @@ GOOD = dict(stride=1, padding=0, dilation=1, groups=2)
 
 BAD_INPUTS = [
     # (what is changed, pattern)
-    (dict(groups=3), r"groups=3 must divide both channel counts, got x \(2, 4, 6, 5\) \(C_in=4\) and w \(6, 2, 3, 3\)"),
-    (dict(groups=1), r"w must have shape \(C_out, C_in / groups, kh, kw\) with C_in / groups = 4, got x \(2, 4, 6, 5\), w \(6, 2, 3, 3\)"),
+    (dict(groups=3),
+     r"groups=3 must divide both channel counts, got x \(2, 4, 6, 5\) \(C_in=4\) and w \(6, 2, 3, "
+     r"3\)"),
+    (dict(groups=1),
+     r"w must have shape \(C_out, C_in / groups, kh, kw\) with C_in / groups = 4, got x \(2, 4, "
+     r"6, 5\), w \(6, 2, 3, 3\)"),
     (dict(groups=0), r"groups must be a positive int, got 0"),
-    (dict(w=jnp.ones((6, 2, 9, 3))), r"dilated kernel \(9, 3\) .* larger than the padded input \(6, 5\) \(x \(2, 4, 6, 5\), padding \(0, 0\)\)"),
+    (dict(w=jnp.ones((6, 2, 9, 3))),
+     r"dilated kernel \(9, 3\) .* larger than the padded input \(6, 5\) \(x \(2, 4, 6, 5\), "
+     r"padding \(0, 0\)\)"),
     (dict(dilation=3), r"dilated kernel \(7, 7\) .*larger than the padded input \(6, 5\)"),
-    (dict(x=jnp.ones((4, 6, 5))), r"x must have rank 4, got shape \(4, 6, 5\)"),
+    (dict(x=jnp.ones((6, 5))),
+     r"x must have rank 4 \(N, C, H, W\) or 3 \(C, H, W, unbatched\), got shape \(6, 5\)"),
+    (dict(x=jnp.ones((1, 2, 4, 6, 5))), r"x must have rank 4 .* got shape \(1, 2, 4, 6, 5\)"),
+    (dict(x=jnp.ones((4, 6, 5)), dy=jnp.ones((2, 6, 4, 3))),
+     r"dy must have rank 3, got shape \(2, 6, 4, 3\)"),
     (dict(w=jnp.ones((6, 2, 3))), r"w must have rank 4, got shape \(6, 2, 3\)"),
     (dict(b=jnp.ones((6, 1))), r"b must have rank 1, got shape \(6, 1\)"),
     (dict(dy=jnp.ones((2, 6, 4))), r"dy must have rank 4, got shape \(2, 6, 4\)"),
-    (dict(b=jnp.ones(5)), r"b must have shape \(C_out,\) = \(6,\) to match w \(6, 2, 3, 3\), got \(5,\)"),
-    (dict(dy=jnp.ones((2, 6, 4, 4))), r"dy must have the shape of y, \(N, C_out, H_out, W_out\) = \(2, 6, 4, 3\), got \(2, 6, 4, 4\)"),
+    (dict(b=jnp.ones(5)),
+     r"b must have shape \(C_out,\) = \(6,\) to match w \(6, 2, 3, 3\), got \(5,\)"),
+    (dict(dy=jnp.ones((2, 6, 4, 4))),
+     r"dy must have the shape of y, \(N, C_out, H_out, W_out\) = \(2, 6, 4, 3\), got \(2, 6, 4, "
+     r"4\)"),
     (dict(stride=0), r"stride must be >= 1 in each dimension, got 0"),
     (dict(stride=(1, -2)), r"stride must be >= 1 in each dimension, got \(1, -2\)"),
     (dict(dilation=0), r"dilation must be >= 1 in each dimension, got 0"),
@@ -143,9 +201,19 @@ BAD_INPUTS = [
     (dict(padding=-1), r"padding must be >= 0 in each dimension, got -1"),
     (dict(padding=(0, -2)), r"padding must be >= 0 in each dimension, got \(0, -2\)"),
     (dict(stride=1.5), r"stride must be an int or a pair of ints, got 1.5"),
-    (dict(padding=(1, 1, 1)), r"padding must be an int or a pair of ints, got \(1, 1, 1\)"),
+    (dict(padding=(1, 1, 1)),
+     r"padding must be an int, a pair of ints or a pair of \(before, after\) pairs of ints, each "
+     r">= 0, got \(1, 1, 1\)"),
+    (dict(padding=((0, 1), (2, -1))),
+     r"padding must be >= 0 on every side, got \(\(0, 1\), \(2, -1\)\)"),
+    (dict(padding=((0, 1), 2)), r"padding must be an int, a pair .* got \(\(0, 1\), 2\)"),
+    (dict(padding="full"),
+     r"padding must be an int, a pair, a pair of \(before, after\) pairs, 'same' or 'valid', got "
+     r"'full'"),
+    (dict(padding="same", stride=(1, 2)), r"padding='same' needs stride 1 .*got stride \(1, 2\)"),
     (dict(stride=True), r"stride must be an int or a pair of ints, got True"),
-    (dict(x=jnp.ones((2, 4, 6, 5), jnp.int32)), r"x must be a floating-point array, got shape \(2, 4, 6, 5\) and dtype int32"),
+    (dict(x=jnp.ones((2, 4, 6, 5), jnp.int32)),
+     r"x must be a floating-point array, got shape \(2, 4, 6, 5\) and dtype int32"),
     (dict(w=jnp.ones((6, 2, 3, 3), jnp.float32)), r"share one floating dtype, got .*w: float32"),
 ]
 
@@ -179,7 +247,8 @@ def _row_with_backward(label, backward, dtype="float64"):
     case = conv_cases.conv_case(f"conv/{label}+planted", config)
     bwd = functools.partial(backward, **config.kwargs)
     grads = type(case.reference(case.build(jax.random.PRNGKey(0), "float64")))
-    manual = lambda inputs: grads(*bwd(inputs["x"], inputs["w"], inputs["b"], inputs["dy"]))
+    def manual(inputs):
+        return grads(*bwd(inputs["x"], inputs["w"], inputs["b"], inputs["dy"]))
     return run.run_case(dataclasses.replace(case, manual=manual), dtype, timing=False, fd=False)
 
 
@@ -191,8 +260,28 @@ def _unflipped_kernel(x, w, b, dy, **kw):
 
 def _remainder_forgotten(x, w, b, dy, **kw):
     g = conv.geometry(x, w, b, dy, **kw)
-    dx = conv._input_gradient(dy, w, g.replace(remainder=(0, 0)))
-    return dx, conv._weight_gradient(x, dy, g), dy.sum(axis=(0, 2, 3))
+    dx = conv.input_gradient(dy, w, g.replace(remainder=(0, 0)))
+    return dx, conv.weight_gradient(x, dy, g), dy.sum(axis=(0, 2, 3))
+
+
+def _same_extra_row_before(x, w, b, dy, **kw):
+    # "same" with the odd extra row of padding put before instead of after
+    g = conv.geometry(x, w, b, dy, **kw)
+    g = g.replace(padding=tuple((hi, lo) for lo, hi in g.padding))
+    return conv.input_gradient(dy, w, g), conv.weight_gradient(x, dy, g), dy.sum(axis=(0, 2, 3))
+
+
+def _asymmetric_crops_swapped(x, w, b, dy, **kw):
+    # dX̃ cropped as if the padding were symmetric with the larger side: the rows of
+    # the top pad taken for those of the bottom (unbatched input)
+    g = conv.geometry(x, w, b, dy, **kw)
+    sym = g.replace(padding=tuple((max(p), max(p)) for p in g.padding))
+    dx = conv.input_gradient(dy[None], w, sym)
+    (top, _), (left, _) = g.padding
+    (tt, _), (ll, _) = sym.padding
+    h, wd = x.shape[1:]
+    dx = dx[0, :, tt - top:tt - top + h, ll - left:ll - left + wd]
+    return dx, conv.weight_gradient(x[None], dy[None], g), dy.sum(axis=(1, 2))
 
 
 def _groups_ignored_in_transpose(x, w, b, dy, **kw):
@@ -200,12 +289,13 @@ def _groups_ignored_in_transpose(x, w, b, dy, **kw):
     g = conv.geometry(x, w, b, dy, **kw)
     c_out, c_g, kh, kw_ = w.shape
     w_t = w.reshape(c_out // g.groups, g.groups * c_g, kh, kw_)[:, :, ::-1, ::-1]
-    pad = [((k - 1) * d - p, (k - 1) * d - p + r)
-           for k, d, p, r in zip(g.kernel, g.dilation, g.padding, g.remainder)]
+    pad = [((k - 1) * d - lo, (k - 1) * d - hi + r) for k, d, (lo, hi), r
+           in zip(g.kernel, g.dilation, g.padding, g.remainder, strict=True)]
     dx = lax.conv_general_dilated(dy, w_t, (1, 1), pad, lhs_dilation=g.stride,
-                                  rhs_dilation=g.dilation, dimension_numbers=("NCHW", "IOHW", "NCHW"),
+                                  rhs_dilation=g.dilation,
+                                  dimension_numbers=("NCHW", "IOHW", "NCHW"),
                                   feature_group_count=g.groups, precision=conv.HIGHEST)
-    return dx, conv._weight_gradient(x, dy, g), dy.sum(axis=(0, 2, 3))
+    return dx, conv.weight_gradient(x, dy, g), dy.sum(axis=(0, 2, 3))
 
 
 def _db_mean(x, w, b, dy, **kw):
@@ -219,6 +309,8 @@ def _db_mean(x, w, b, dy, **kw):
     ("groups", _groups_ignored_in_transpose, ".dx"),
     ("depthwise", _groups_ignored_in_transpose, ".dx"),
     ("basic", _db_mean, ".db"),
+    ("same-even", _same_extra_row_before, ".dx"),
+    ("unbatched-asymmetric", _asymmetric_crops_swapped, ".dx"),
 ])
 def test_planted_bug_fails(label, bug, leaf):
     row = _row_with_backward(label, bug)
@@ -228,7 +320,7 @@ def test_planted_bug_fails(label, bug, leaf):
 @pytest.mark.parametrize("label", ["basic", "dilation"])
 def test_planted_col2im_that_overwrites_instead_of_adding_fails(label, monkeypatch):
     # overlapping windows: a pixel read by several windows must collect all of them
-    original = _windows.unwindow
+    original = windows.unwindow
 
     def overwrite(taps, padded, kernel, stride, dilation):
         total = None
@@ -238,7 +330,7 @@ def test_planted_col2im_that_overwrites_instead_of_adding_fails(label, monkeypat
             total = placed if total is None else jnp.where(placed != 0, placed, total)
         return total
 
-    monkeypatch.setattr(_windows, "unwindow", overwrite)
+    monkeypatch.setattr(windows, "unwindow", overwrite)
     row = _row_with_backward(label, im2col.conv2d_im2col_backward)
     assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
@@ -254,8 +346,8 @@ def test_dw_with_stride_and_dilation_swapped_fails():
     # stride over X) left unexchanged
     def swapped(x, w, b, dy, **kw):
         g = conv.geometry(x, w, b, dy, **kw)
-        return (conv._input_gradient(dy, w, g),
-                conv._weight_gradient(x, dy, g.replace(stride=g.dilation, dilation=g.stride)),
+        return (conv.input_gradient(dy, w, g),
+                conv.weight_gradient(x, dy, g.replace(stride=g.dilation, dilation=g.stride)),
                 dy.sum(axis=(0, 2, 3)))
     row = _row_with_backward("mixed-pairs", swapped)
     assert row.status == "FAIL" and ".dw" in row.message, _explain(row)
