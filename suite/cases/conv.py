@@ -33,6 +33,9 @@ register_family(Family(
                 "conv2d; `conv/sweep-k` are fixed draws from the hypothesis sweep's space.",
 ))
 
+__all__ = ["IMPLEMENTATIONS", "resolve_padding", "ConvConfig", "padded_conv2d", "conv_case",
+           "draw_config", "NAMED", "NAMED_CONFIGS", "SWEEP_EXAMPLES", "SWEEP"]
+
 IMPLEMENTATIONS = {
     "lax": conv.conv2d_backward,
     "im2col": im2col.conv2d_im2col_backward,

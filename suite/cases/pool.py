@@ -35,6 +35,10 @@ register_family(Family(
                 "hypothesis sweep's space.",
 ))
 
+__all__ = ["KINDS", "TIE_FREE_GAP", "distinct_values", "torch_out", "every_window_holds_a_pixel",
+           "PoolConfig", "pool_case", "draw_config", "NAMED", "NAMED_ONE_KIND", "NAMED_CONFIGS",
+           "SWEEP_EXAMPLES", "SWEEP", "BENCH"]
+
 KINDS = {
     "max": (pool.max_pool2d, pool.max_pool2d_backward),
     "avg": (pool.avg_pool2d, pool.avg_pool2d_backward),

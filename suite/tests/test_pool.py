@@ -485,9 +485,9 @@ def configs(draw):
     return pool_cases.draw_config(lambda lo, hi: draw(st.integers(lo, hi)))
 
 
-def _sweep_one(config, kind, witness):
+def _sweep_one(config, kind, witness, dtypes=("float32", "float64")):
     case = pool_cases.pool_case("pool/hypothesis", config, kind)
-    for dtype in ("float32", "float64"):
+    for dtype in dtypes:
         row = run.run_case(case, dtype, timing=False, fd=witness)
         assert row.status == "PASS", f"{config}\n{_explain(row)}"
 
@@ -498,9 +498,12 @@ def test_sweep(tier):
     """Max and avg pooling over the sweep space, the kind drawn with the geometry."""
     @hypothesis.settings(max_examples=pool_cases.SWEEP_EXAMPLES[tier])
     @hypothesis.given(config=configs(), kind=st.sampled_from(sorted(pool_cases.KINDS)),
-                      witness=st.integers(0, 3))
-    def check(config, kind, witness):
-        # the finite-difference witness on a quarter of the draws in the slow tier only,
-        # to keep 200 draws within make test's budget; the registered cases carry it
-        _sweep_one(config, kind, witness=tier == "slow" and witness == 0)
+                      witness=st.integers(0, 3), dtype=st.sampled_from(["float32", "float64"]))
+    def check(config, kind, witness, dtype):
+        # make test: each draw in one dtype, drawn with the geometry, and no witness (a
+        # compile per draw is the whole cost); the slow tier runs both dtypes and the
+        # finite-difference witness on a quarter of the draws; the registered cases carry it
+        slow = tier == "slow"
+        _sweep_one(config, kind, witness=slow and witness == 0,
+                   dtypes=("float32", "float64") if slow else (dtype,))
     check()
