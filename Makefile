@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow report bench install clean
+.PHONY: test test-slow report report-quick bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,14 +13,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# ruff first (seconds), then the correctness suite with the doctests of every module.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" --doctest-modules manual reference suite
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal -m slow
+	$(PY) -m pytest -q -n 2 --dist worksteal -m slow suite/tests
 
 report: $(STAMP)
 	$(VENV)/bin/backprop-suite report --device cpu --out reports
+
+report-quick: $(STAMP)
+	$(VENV)/bin/backprop-suite report --quick --device cpu --out reports
 
 bench: $(STAMP)
 	$(VENV)/bin/backprop-suite bench

@@ -8,25 +8,29 @@ instead of an XLA error from deep inside a primitive.
 import jax.numpy as jnp
 import numpy as np
 
+from manual.types import ArrayLike
 
-def _describe(x):
+__all__ = ["require_float", "require_rank", "require_floats", "require_shape", "require_positive"]
+
+
+def _describe(x: ArrayLike) -> str:
     return f"shape {tuple(np.shape(x))} and dtype {jnp.result_type(x)}"
 
 
-def require_float(name, x):
+def require_float(name: str, x: ArrayLike) -> None:
     """``x`` must be a real floating-point array."""
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got {_describe(x)}")
 
 
-def require_rank(name, x, rank):
+def require_rank(name: str, x: ArrayLike, rank: int) -> None:
     """``x`` must have exactly ``rank`` dimensions."""
     if np.ndim(x) != rank:
         raise ValueError(f"{name} must have rank {rank}, got {_describe(x)}")
 
 
-def require_floats(rank_by_name, **arrays):
+def require_floats(rank_by_name: dict[str, int], **arrays: ArrayLike) -> None:
     """Every array is floating point, of its rank, and all share one dtype."""
     for name, x in arrays.items():
         require_float(name, x)
@@ -37,7 +41,15 @@ def require_floats(rank_by_name, **arrays):
         raise ValueError(f"arguments must share one floating dtype, got {got}")
 
 
-def require_shape(name, x, shape):
+def require_shape(name: str, x: ArrayLike, shape: tuple[int, ...]) -> None:
     """``x`` has exactly ``shape``."""
     if tuple(np.shape(x)) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(x)}")
+
+
+def require_positive(name: str, value: object) -> None:
+    """``value`` is a number > 0 (checked when it is a Python or numpy number; a JAX
+    array, traced or not, is taken as it is)."""
+    number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+    if not (number or hasattr(value, "dtype")) or (number and not value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")

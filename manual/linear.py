@@ -29,6 +29,9 @@ Example::
 """
 
 from manual._checks import require_floats
+from manual.types import Array, ArrayLike
+
+__all__ = ["forward", "backward"]
 
 _RANKS = {"x": 2, "w": 2, "b": 1, "dy": 2}
 
@@ -47,7 +50,7 @@ def _check(x, w, b, dy=None):
                          f"got {dy.shape}")
 
 
-def forward(x, w, b):
+def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike) -> Array:
     """Y = X W + b.
 
     Args:
@@ -62,7 +65,8 @@ def forward(x, w, b):
     return x @ w + b[None, :]  # b broadcasts over the batch (explicitly: rank promotion raises)
 
 
-def backward(x, w, b, dy):
+def backward(x: ArrayLike, w: ArrayLike, b: ArrayLike,
+             dy: ArrayLike) -> tuple[Array, Array, Array]:
     """Gradients of a linear layer: dX = dY Wᵀ, dW = Xᵀ dY, db = Σₙ dYₙ.
 
     Args:

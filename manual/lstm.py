@@ -30,10 +30,24 @@ values), so the reverse scan is delta_t = [dc, dc, dc, dh] * factors_t plus one 
 product per step. omega_t = 1 is full BPTT; ``truncation=k`` sets omega_t = 0
 where t is a positive multiple of k (both h and c entering those steps are cut); ``xi``
 (randomized truncation) sets omega_t = xi_t on both. The weight gradients and the input
-projection are single matrix products over all T·N rows, outside the scans.
+projection x_t W_x are single matrix products over all T·N rows, outside the scans (the
+bias joins z_t inside the step, where it costs no pass of its own).
+
+Memory traffic, not arithmetic, separates the two sides once the products are hoisted:
+each (T, N, 4H) array is written in place over one that is dead by then. The forward
+scan reads x_t W_x from slot t of its buffer and writes factors_t there; the reverse
+scan reads factors_t and writes delta_t there. One (T, N, 4H) buffer serves all three,
+and no scan output of that size is allocated and zero-filled.
+
+``checkpoint=k`` (or "sqrt", k = ⌈√T⌉) keeps only (h, c) entering every k-th step and
+recomputes each segment of k steps, residuals included, in the reverse sweep
+(manual/_bptt.py derives the memory, O(T/k + k) states instead of O(T)); the products
+above are then taken per segment. It combines with ``truncation`` and ``xi`` and equals
+full BPTT to rounding.
 
 Source: d2l.ai 9.7 "Backpropagation Through Time" and 10.1 "Long Short-Term Memory";
-C. Tallec and Y. Ollivier, "Unbiasing Truncated Backpropagation Through Time" (2017).
+C. Tallec and Y. Ollivier, "Unbiasing Truncated Backpropagation Through Time" (2017);
+T. Chen et al., "Training Deep Nets with Sublinear Memory Cost" (2016) for checkpointing.
 
 Example::
 
@@ -45,6 +59,9 @@ Example::
     >>> dparams, dxs, dh0, dc0 = lstm.backward(params, xs, h0, c0, jnp.ones_like(hs))
     >>> dparams["w_h"].shape, dc0.shape
     ((2, 8), (1, 2))
+    >>> saved = lstm.backward(params, xs, h0, c0, jnp.ones_like(hs), checkpoint="sqrt")
+    >>> bool(jnp.allclose(saved[1], dxs, rtol=1e-6, atol=0))
+    True
 """
 
 import jax.numpy as jnp
@@ -52,6 +69,9 @@ from jax import lax
 
 from manual import _bptt
 from manual._checks import require_floats
+from manual.types import Array, ArrayLike
+
+__all__ = ["PARAM_NAMES", "backward", "forward", "randomized_weights"]
 
 randomized_weights = _bptt.randomized_weights
 
@@ -63,8 +83,14 @@ def _sigmoid(z):
     return 0.5 * jnp.tanh(0.5 * z) + 0.5  # = 1 / (1 + exp(-z)), without overflow
 
 
+def _transposed(a):
+    """aᵀ, materialized. XLA:CPU runs aᵀ @ b, a contraction over the rows of both, through
+    its generic dot; from a transposed copy it is a standard product, which its fast GEMM
+    path takes (5% faster in float32, 12% in float64 at the bench shape, copy included)."""
+    return lax.optimization_barrier(a.T)
+
+
 def _check(params, xs, h0, c0, dhs=None):
-    _bptt.check_param_names(params, PARAM_NAMES)
     arrays = dict(params, xs=xs, h0=h0, c0=c0)
     if dhs is not None:
         arrays["dhs"] = dhs
@@ -91,41 +117,95 @@ def _check(params, xs, h0, c0, dhs=None):
                          f"got {dhs.shape}")
 
 
-def _forward(params, xs, h0, c0, *, residuals=False):
-    """(hs, cs), or with ``residuals`` (hs, factors, f, o_tanh_prime): what backward needs.
+def _as_arrays(params, *arrays):
+    _bptt.check_param_names(params, PARAM_NAMES)
+    return ({k: jnp.asarray(v) for k, v in params.items()},
+            *(None if a is None else jnp.asarray(a) for a in arrays))
 
-    The residuals are the parts of the backward step that do not depend on the carried
+
+def _gates(w_h, b, h_prev, c_prev, xw_t):
+    """One forward step from its input projection: (i, f, g, o, c_t, tanh(c_t), h_t)."""
+    h = h_prev.shape[1]
+    z = xw_t + h_prev @ w_h + b[None, :]
+    i, f, o = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h]), _sigmoid(z[:, 3 * h:])
+    g = jnp.tanh(z[:, 2 * h:3 * h])
+    c_t = f * c_prev + i * g
+    tanh_c = jnp.tanh(c_t)
+    return i, f, g, o, c_t, tanh_c, o * tanh_c
+
+
+def _sweep(params, state, xs, *, emit):
+    """The LSTM over xs (T', N, D) from state (h, c): ((h, c) leaving, what ``emit`` asks).
+
+    emit=None: nothing; "states": (hs, cs); "residuals": (h_prevs, factors, fs,
+    o_tanh_primes), the parts of the reverse step that do not depend on the carried
     adjoints, computed where the gates already are: with dc and dh the adjoints of c_t
     and h_t, delta_t = [dc, dc, dc, dh] * factors and dc = gc + dh * o_tanh_prime.
+    factors is written in place over the input projection (module docstring).
     """
     t, n, d = xs.shape
-    h = h0.shape[1]
-    # the input projection does not depend on the recurrence: one (T·N, D)(D, 4H) product
-    xw = (xs.reshape(t * n, d) @ params["w_x"]).reshape(t, n, 4 * h) + params["b"][None, None, :]
-    w_h = params["w_h"]
+    w_h, b = params["w_h"], params["b"]
+    # the input projection does not depend on the recurrence: one (T'·N, D)(D, 4H) product
+    xw = (xs.reshape(t * n, d) @ params["w_x"]).reshape(t, n, w_h.shape[1])
 
-    def step(state, xw_t):
-        h_prev, c_prev = state
-        z = xw_t + h_prev @ w_h
-        i, f, o = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h]), _sigmoid(z[:, 3 * h:])
-        g = jnp.tanh(z[:, 2 * h:3 * h])
-        c_t = f * c_prev + i * g
-        tanh_c = jnp.tanh(c_t)
-        h_t = o * tanh_c
-        if not residuals:
-            return (h_t, c_t), (h_t, c_t)
+    if emit != "residuals":
+        def step(state, xw_t):
+            *_, c_t, _, h_t = _gates(w_h, b, *state, xw_t)
+            return (h_t, c_t), (None if emit is None else (h_t, c_t))
+        return lax.scan(step, tuple(state), xw)
+
+    def step(carry, s):
+        h_prev, c_prev, buf = carry
+        i, f, g, o, c_t, tanh_c, h_t = _gates(w_h, b, h_prev, c_prev,
+                                              lax.dynamic_index_in_dim(buf, s, keepdims=False))
         factors = jnp.concatenate([g * i * (1.0 - i),            # dE/dz_i = dc * this
                                    c_prev * f * (1.0 - f),       # dE/dz_f = dc * this
                                    i * (1.0 - g * g),            # dE/dz_g = dc * this
                                    tanh_c * o * (1.0 - o)],      # dE/dz_o = dh * this
                                   axis=1)
-        return (h_t, c_t), (h_t, factors, f, o * (1.0 - tanh_c * tanh_c))
+        buf = lax.dynamic_update_index_in_dim(buf, factors, s, 0)  # over x_s W_x, now dead
+        return (h_t, c_t, buf), (h_prev, f, o * (1.0 - tanh_c * tanh_c))
 
-    _, out = lax.scan(step, (h0, c0), xw)
-    return out
+    (h_last, c_last, factors), (h_prevs, fs, o_tanh_prime) = lax.scan(
+        step, (*state, xw), jnp.arange(t))
+    return (h_last, c_last), (h_prevs, factors, fs, o_tanh_prime)
 
 
-def forward(params, xs, h0, c0):
+def _reverse(params, state, xs, residuals, dhs, omega, adjoint):
+    """The reverse steps of one segment (module docstring), from its residuals."""
+    steps, n, d = xs.shape
+    h = state[0].shape[1]
+    h_prevs, factors, fs, o_tanh_prime = residuals
+    w_h_t = params["w_h"].T
+
+    def step(carry, inputs):  # carry: the adjoints step t+1 sent back into h_t, c_t
+        gh_t, gc_t, buf = carry
+        s, dh_t, f_t, o_tanh_prime_t, omega_t = inputs
+        dh = dh_t + gh_t
+        dc = gc_t + dh * o_tanh_prime_t                   # the cell's two paths meet here
+        delta_t = (jnp.concatenate([dc, dc, dc, dh], axis=1)
+                   * lax.dynamic_index_in_dim(buf, s, keepdims=False))
+        buf = lax.dynamic_update_index_in_dim(buf, delta_t, s, 0)  # over factors_s, now dead
+        gh_prev, gc_prev = delta_t @ w_h_t, dc * f_t
+        if omega_t is not None:
+            gh_prev, gc_prev = omega_t * gh_prev, omega_t * gc_prev
+        return (gh_prev, gc_prev, buf), None
+
+    (dh0, dc0, deltas), _ = lax.scan(step, (*adjoint, factors),
+                                     (jnp.arange(steps), dhs, fs, o_tanh_prime, omega),
+                                     reverse=True)
+
+    # Shared weights: each gradient is one sum over all the segment's rows, after the scan.
+    delta = deltas.reshape(steps * n, 4 * h)
+    dparams = {"w_x": _transposed(xs.reshape(steps * n, d)) @ delta,
+               "w_h": _transposed(h_prevs.reshape(steps * n, h)) @ delta,
+               "b": delta.sum(axis=0)}
+    dxs = (delta @ params["w_x"].T).reshape(steps, n, d)
+    return (dh0, dc0), dparams, dxs
+
+
+def forward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike,
+            c0: ArrayLike) -> tuple[Array, Array]:
     """The LSTM over a sequence (equations in the module docstring).
 
     Args:
@@ -137,11 +217,15 @@ def forward(params, xs, h0, c0):
     Returns:
       (hs, cs): every hidden and cell state, each (T, N, H), in the dtype of the arguments.
     """
+    params, xs, h0, c0 = _as_arrays(params, xs, h0, c0)
     _check(params, xs, h0, c0)
-    return _forward(params, xs, h0, c0)
+    return _sweep(params, (h0, c0), xs, emit="states")[1]
 
 
-def backward(params, xs, h0, c0, dhs, *, truncation=None, xi=None):
+def backward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike, c0: ArrayLike,
+             dhs: ArrayLike, *, truncation: int | None = None, xi: ArrayLike | None = None,
+             checkpoint: int | str | None = None
+             ) -> tuple[dict[str, Array], Array, Array, Array]:
     """Backprop through time for the LSTM: the gradients of <dhs, hs>.
 
     Args:
@@ -154,41 +238,32 @@ def backward(params, xs, h0, c0, dhs, *, truncation=None, xi=None):
       xi: None, or (T,) weights of randomized truncation (``randomized_weights``):
         both adjoints that step t sends back into (h_{t-1}, c_{t-1}) ((h0, c0) for
         t = 0) are multiplied by xi_t. Composes with ``truncation``.
+      checkpoint: None (keep every step's residuals), a positive int k or "sqrt"
+        (k = ⌈√T⌉): keep only (h, c) entering every k-th step and recompute each segment
+        of k steps in the reverse sweep, O(T/k + k) states of memory (static). Same
+        result to rounding; combines with ``truncation`` and ``xi``.
 
     Returns:
       (dparams, dxs, dh0, dc0): dparams a dict with the keys and shapes of params,
       dxs (T, N, D), dh0 and dc0 (N, H); all in the dtype of the arguments.
     """
+    params, xs, h0, c0, dhs, xi = _as_arrays(params, xs, h0, c0, dhs, xi)
     _check(params, xs, h0, c0, dhs)
     _bptt.check_truncation(truncation)
-    steps, n, d = xs.shape
-    h = h0.shape[1]
+    steps = xs.shape[0]
+    k = _bptt.segment_length(checkpoint, steps)
     _bptt.check_xi(xi, steps, xs.dtype)
     omega = _bptt.adjoint_weights(steps, truncation, xi, xs.dtype)
 
-    hs, factors, fs, o_tanh_prime = _forward(params, xs, h0, c0, residuals=True)
-    w_h_t = params["w_h"].T
+    def advance(state, xs):
+        return _sweep(params, state, xs, emit=None)[0]
 
-    def step(carry, inputs):  # carry: the adjoints step t+1 sent back into h_t, c_t
-        gh_t, gc_t = carry
-        dh_t, factors_t, f_t, o_tanh_prime_t, omega_t = inputs
-        dh = dh_t + gh_t
-        dc = gc_t + dh * o_tanh_prime_t                   # the cell's two paths meet here
-        delta_t = jnp.concatenate([dc, dc, dc, dh], axis=1) * factors_t
-        gh_prev, gc_prev = delta_t @ w_h_t, dc * f_t
-        if omega_t is not None:
-            gh_prev, gc_prev = omega_t * gh_prev, omega_t * gc_prev
-        return (gh_prev, gc_prev), delta_t
+    def residuals(state, xs):
+        return _sweep(params, state, xs, emit="residuals")[1]
 
-    zeros = jnp.zeros_like(h0)
-    (dh0, dc0), deltas = lax.scan(step, (zeros, zeros), (dhs, factors, fs, o_tanh_prime, omega),
-                                  reverse=True)
+    def reverse(*segment):
+        return _reverse(params, *segment)
 
-    # Shared weights: each gradient is one sum over all T·N rows, taken after the scan.
-    delta = deltas.reshape(steps * n, 4 * h)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * n, h)
-    dparams = {"w_x": xs.reshape(steps * n, d).T @ delta,
-               "w_h": h_prev.T @ delta,
-               "b": delta.sum(axis=0)}
-    dxs = (delta @ params["w_x"].T).reshape(steps, n, d)
+    dparams, dxs, (dh0, dc0) = _bptt.segmented(advance, residuals, reverse, (h0, c0), xs, dhs,
+                                               omega, k)
     return dparams, dxs, dh0, dc0

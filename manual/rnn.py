@@ -26,9 +26,15 @@ taken once, after the reverse scan, as single matrix products over all T·N rows
 (autodiff accumulates them inside every reverse step); likewise the input projection
 x_t W_xh of the forward is one matrix product before the forward scan.
 
+``checkpoint=k`` (or "sqrt", k = ⌈√T⌉) keeps only the state entering every k-th step and
+recomputes each segment of k steps in the reverse sweep (manual/_bptt.py derives the
+memory, O(T/k + k) states instead of O(T)); the products above are then taken per
+segment. It combines with ``truncation`` and ``xi`` and equals full BPTT to rounding.
+
 Source: d2l.ai 9.7 "Backpropagation Through Time" (W_hh shared, its gradient summed
 over steps; full, regular and randomized truncation); C. Tallec and Y. Ollivier,
-"Unbiasing Truncated Backpropagation Through Time" (2017).
+"Unbiasing Truncated Backpropagation Through Time" (2017); T. Chen et al., "Training
+Deep Nets with Sublinear Memory Cost" (2016) for checkpointing.
 
 Example::
 
@@ -39,6 +45,9 @@ Example::
     >>> dparams, dxs, dh0 = rnn.backward(params, xs, h0, jnp.ones((5, 2, 4)), truncation=2)
     >>> dxs.shape, dparams["w_hh"].shape
     ((5, 2, 3), (4, 4))
+    >>> saved = rnn.backward(params, xs, h0, jnp.ones((5, 2, 4)), truncation=2, checkpoint=2)
+    >>> bool(jnp.allclose(saved[1], dxs, rtol=1e-6, atol=0))
+    True
 """
 
 import jax.numpy as jnp
@@ -46,6 +55,9 @@ from jax import lax
 
 from manual import _bptt
 from manual._checks import require_floats
+from manual.types import Array, ArrayLike
+
+__all__ = ["PARAM_NAMES", "backward", "forward", "randomized_weights"]
 
 randomized_weights = _bptt.randomized_weights
 
@@ -79,22 +91,54 @@ def _check(params, xs, h0, dhs=None):
                          f"got {dhs.shape}")
 
 
-def _forward(params, xs, h0):
+def _as_arrays(params, *arrays):
+    _bptt.check_param_names(params, PARAM_NAMES)
+    return ({k: jnp.asarray(v) for k, v in params.items()},
+            *(None if a is None else jnp.asarray(a) for a in arrays))
+
+
+def _sweep(params, state, xs, *, keep_states):
+    """The recurrence over xs (T', N, D) from state (h,): (h leaving, hs or None)."""
     t, n, d = xs.shape
-    h = h0.shape[1]
-    # the input projection does not depend on the recurrence: one (T·N, D)(D, H) product
+    h = params["w_hh"].shape[0]
+    # the input projection does not depend on the recurrence: one (T'·N, D)(D, H) product
     xw = (xs.reshape(t * n, d) @ params["w_xh"]).reshape(t, n, h) + params["b"][None, None, :]
     w_hh = params["w_hh"]
 
     def step(h_prev, xw_t):
         h_t = jnp.tanh(xw_t + h_prev @ w_hh)
-        return h_t, h_t
+        return h_t, (h_t if keep_states else None)
 
-    _, hs = lax.scan(step, h0, xw)
-    return hs
+    h_last, hs = lax.scan(step, state[0], xw)
+    return (h_last,), hs
 
 
-def forward(params, xs, h0):
+def _reverse(params, state, xs, hs, dhs, omega, adjoint):
+    """The reverse steps of one segment (module docstring); hs are its states."""
+    (h0,), (g_last,) = state, adjoint
+    steps, n, d = xs.shape
+    h = h0.shape[1]
+    w_hh_t = params["w_hh"].T
+
+    def step(g_t, inputs):  # g_t: the adjoint step t+1 sent back into h_t
+        dh_t, h_t, omega_t = inputs
+        delta_t = (dh_t + g_t) * (1.0 - h_t * h_t)
+        g_prev = delta_t @ w_hh_t
+        return (g_prev if omega_t is None else omega_t * g_prev), delta_t
+
+    dh0, deltas = lax.scan(step, g_last, (dhs, hs, omega), reverse=True)
+
+    # Shared weights: each gradient is one sum over all the segment's rows, after the scan.
+    delta = deltas.reshape(steps * n, h)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * n, h)
+    dparams = {"w_xh": xs.reshape(steps * n, d).T @ delta,
+               "w_hh": h_prev.T @ delta,
+               "b": delta.sum(axis=0)}
+    dxs = (delta @ params["w_xh"].T).reshape(steps, n, d)
+    return (dh0,), dparams, dxs
+
+
+def forward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike) -> Array:
     """h_t = tanh(x_t W_xh + h_{t-1} W_hh + b) for t = 0..T-1, with h_{-1} = h0.
 
     Args:
@@ -105,11 +149,14 @@ def forward(params, xs, h0):
     Returns:
       hs: every hidden state, (T, N, H), in the dtype of the arguments.
     """
+    params, xs, h0 = _as_arrays(params, xs, h0)
     _check(params, xs, h0)
-    return _forward(params, xs, h0)
+    return _sweep(params, (h0,), xs, keep_states=True)[1]
 
 
-def backward(params, xs, h0, dhs, *, truncation=None, xi=None):
+def backward(params: dict[str, ArrayLike], xs: ArrayLike, h0: ArrayLike, dhs: ArrayLike, *,
+             truncation: int | None = None, xi: ArrayLike | None = None,
+             checkpoint: int | str | None = None) -> tuple[dict[str, Array], Array, Array]:
     """Backprop through time: the gradients of <dhs, hs> (see the module docstring).
 
     Args:
@@ -122,34 +169,31 @@ def backward(params, xs, h0, dhs, *, truncation=None, xi=None):
       xi: None, or (T,) weights of randomized truncation (``randomized_weights``):
         the adjoint that step t sends back into h_{t-1} (h0 for t = 0) is multiplied
         by xi_t. Composes with ``truncation``.
+      checkpoint: None (keep every state), a positive int k or "sqrt" (k = ⌈√T⌉): keep
+        only the state entering every k-th step and recompute each segment of k steps
+        in the reverse sweep, O(T/k + k) states of memory (static). Same result to
+        rounding; combines with ``truncation`` and ``xi``.
 
     Returns:
       (dparams, dxs, dh0): dparams a dict with the keys and shapes of params, dxs
       (T, N, D), dh0 (N, H); all in the dtype of the arguments.
     """
+    params, xs, h0, dhs, xi = _as_arrays(params, xs, h0, dhs, xi)
     _check(params, xs, h0, dhs)
     _bptt.check_truncation(truncation)
-    steps, n, d = xs.shape
-    h = h0.shape[1]
+    steps = xs.shape[0]
+    k = _bptt.segment_length(checkpoint, steps)
     _bptt.check_xi(xi, steps, xs.dtype)
     omega = _bptt.adjoint_weights(steps, truncation, xi, xs.dtype)
 
-    hs = _forward(params, xs, h0)
-    w_hh_t = params["w_hh"].T
+    def advance(state, xs):
+        return _sweep(params, state, xs, keep_states=False)[0]
 
-    def step(g_t, inputs):  # g_t: the adjoint step t+1 sent back into h_t
-        dh_t, h_t, omega_t = inputs
-        delta_t = (dh_t + g_t) * (1.0 - h_t * h_t)
-        g_prev = delta_t @ w_hh_t
-        return (g_prev if omega_t is None else omega_t * g_prev), delta_t
+    def states(state, xs):
+        return _sweep(params, state, xs, keep_states=True)[1]
 
-    dh0, deltas = lax.scan(step, jnp.zeros_like(h0), (dhs, hs, omega), reverse=True)
+    def reverse(*segment):
+        return _reverse(params, *segment)
 
-    # Shared weights: each gradient is one sum over all T·N rows, taken after the scan.
-    delta = deltas.reshape(steps * n, h)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * n, h)
-    dparams = {"w_xh": xs.reshape(steps * n, d).T @ delta,
-               "w_hh": h_prev.T @ delta,
-               "b": delta.sum(axis=0)}
-    dxs = (delta @ params["w_xh"].T).reshape(steps, n, d)
+    dparams, dxs, (dh0,) = _bptt.segmented(advance, states, reverse, (h0,), xs, dhs, omega, k)
     return dparams, dxs, dh0

@@ -13,21 +13,33 @@ Nothing here knows the hand derivation; it only rewires the forward so that auto
 computes what the derivation claims.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+__all__ = ["cuts", "unroll"]
 
-def cuts(steps, truncation):
-    """Boolean (T,) numpy mask of the steps whose entering state is cut."""
+
+def cuts(steps: int, truncation: int | None) -> np.ndarray:
+    """Boolean (T,) numpy mask of the steps whose entering state is cut.
+
+    Example::
+
+        >>> cuts(7, 3).tolist()
+        [False, False, False, True, False, False, True]
+    """
     t = np.arange(steps)
     if truncation is None:
         return np.zeros(steps, bool)
     return (t > 0) & (t % truncation == 0)
 
 
-def unroll(step, state0, xs, *, truncation=None, xi=None):
+def unroll(step: Callable, state0: Any, xs: Any, *, truncation: int | None = None,
+           xi: jax.typing.ArrayLike | None = None) -> tuple[Any, Any]:
     """``lax.scan(step, state0, xs)`` with the state cut or reweighted for autodiff.
 
     Args:

@@ -1,13 +1,26 @@
-"""The join: case registry, comparison policy, runner, report, bench and CLI."""
+"""The join: case registry, comparison policy, runner, studies, report, bench and CLI.
 
-import jax
+The pipeline flows one way (docs/design.md): ``suite.cases`` builds inputs, ``suite.run``
+runs the hand-derived code and its reference and ``suite.compare`` judges them, giving
+typed ``suite.results`` rows and study results that ``suite.report`` writes. Nothing
+lower in that chain imports anything higher (suite/tests/test_imports.py enforces it).
 
+The gradient checker for your own derivatives is importable from here and needs no
+set-up (it never changes JAX's global settings)::
 
-def configure():
-    """Process-wide JAX settings the suite relies on; call once at start-up.
+    from suite import check_vjp, check_custom_vjp, check_grad, check_hessian, check_hvp
+"""
 
-    float64 must exist for the oracle to be the truth, and implicit rank promotion is an
-    error so that a broadcast in a derivation is always a decision, never an accident.
-    """
-    jax.config.update("jax_enable_x64", True)
-    jax.config.update("jax_numpy_rank_promotion", "raise")
+from suite.check import (
+                         CheckResult,
+                         check_custom_vjp,
+                         check_grad,
+                         check_hessian,
+                         check_hvp,
+                         check_vjp,
+)
+from suite.config import configure
+from suite.version import __version__
+
+__all__ = ["__version__", "configure", "check_vjp", "check_custom_vjp", "check_grad",
+           "check_hessian", "check_hvp", "CheckResult"]

@@ -15,13 +15,30 @@ the order of the sum's terms, not of itself.
 
 Tolerances are one table, keyed by dtype (see TOLERANCES). Finite differences are
 judged by their own small table (FD_TOLERANCE): they are a witness, not an oracle.
+
+**Widened by measured amplification** (the user-facing checker, suite/check/; the
+registry's cases are judged by the table as it stands). A correct but ill-conditioned
+function (saturated softmax, a nearly constant layer-norm row, exp(10x)) amplifies the
+rounding of every implementation of its derivative, autodiff's included. The checker
+measures that amplification α, in units of the dtype's unit roundoff u, from autodiff
+itself (``amplification``), and judges with the row widened by
+
+    w = clip(AMPLIFICATION_SAFETY · α · u / normwise, 1, cap)      (``widening``)
+
+i.e. the user's result may be up to AMPLIFICATION_SAFETY times further from autodiff
+than autodiff's own rounding error; ``cap`` (a column of the one table) bounds it.
 """
 
 import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+__all__ = ["REL_FLOOR", "Tolerance", "TOLERANCES", "AMPLIFICATION_SAFETY", "FD_TOLERANCE",
+           "FD_SAFETY", "tolerance", "unit_roundoff", "amplification", "widening", "LeafReport",
+           "Comparison", "band", "compare_leaf", "compare", "witness"]
 
 # Entries smaller than this fraction of the leaf's largest magnitude have their relative
 # error measured against that fraction instead (it keeps max rel error informative).
@@ -33,6 +50,14 @@ class Tolerance:
     normwise: float  # bound on ||a - b|| / ||b||
     rtol: float      # elementwise relative band
     atol: float      # elementwise absolute band, as a fraction of max |b|
+    why: str = ""    # the justification, quoted by the report's method section
+    cap: float = 1.0  # the largest factor a measured amplification may widen the row by
+
+    def widened(self, factor):
+        """This row with all three bounds multiplied by ``factor`` (clipped to [1, cap])."""
+        f = min(max(float(factor), 1.0), self.cap)
+        return dataclasses.replace(self, normwise=self.normwise * f, rtol=self.rtol * f,
+                                   atol=self.atol * f)
 
 
 # One table. u is the unit roundoff (2^-53 for float64, 2^-24 for float32). Both sides
@@ -41,18 +66,45 @@ class Tolerance:
 # growth, gamma_K = K·u in the worst case), and each further stage (layer, time step,
 # Hessian block) adds its own share times the local condition number.
 TOLERANCES = {
-    # normwise 1e-12 ≈ 9000·u: room for sqrt(K)·u with K up to ~10^6-term sums and a
-    # few dozen chained stages; a real bug (a missing term, a transposed factor, a 1e-6
-    # relative slip) is 6 orders of magnitude above it. The elementwise band is a guard
-    # against a single bad entry that a large leaf's norm would hide: 1e-9 relative and
-    # 1e-11 of the leaf's scale are still ~10^5·u.
-    "float64": Tolerance(normwise=1e-12, rtol=1e-9, atol=1e-11),
-    # normwise 1e-5 ≈ 170·u: the same budget in float32 units, with the square-root
-    # growth of 10^4-term sums (100·u) and a factor 1.7 for chained stages. rtol 1e-3
-    # admits float32's poorer relative accuracy on entries that partly cancel; atol 1e-5
-    # of the leaf's scale matches the normwise bound.
-    "float32": Tolerance(normwise=1e-5, rtol=1e-3, atol=1e-5),
+    "float64": Tolerance(
+        normwise=1e-12, rtol=1e-9, atol=1e-11, cap=1e5,
+        why="normwise 1e-12 ≈ 9000·u: room for sqrt(K)·u with K up to ~10^6-term sums and "
+            "a few dozen chained stages; a real bug (a missing term, a transposed factor, a "
+            "1e-6 relative slip) is 6 orders of magnitude above it. The elementwise band "
+            "guards against a single bad entry that a large leaf's norm would hide: 1e-9 "
+            "relative and 1e-11 of the leaf's scale are still ~10^5·u. The checker's cap "
+            "1e5 widens at most to normwise 1e-7 ≈ 10^9·u, still 100x stricter than the "
+            "float32 row and 7 orders below an O(1) bug (a sign, a dropped term); saturated "
+            "attention with a gap of 15 between its top two logits needs ~1e-9."),
+    "float32": Tolerance(
+        normwise=1e-5, rtol=1e-3, atol=1e-5, cap=1e4,
+        why="normwise 1e-5 ≈ 170·u: the same budget in float32 units, with the square-root "
+            "growth of 10^4-term sums (100·u) and a factor 1.7 for chained stages. rtol 1e-3 "
+            "admits float32's poorer relative accuracy on entries that partly cancel; atol "
+            "1e-5 of the leaf's scale matches the normwise bound. The checker's cap 1e4 "
+            "widens at most to normwise 0.1, which a wrong sign (error 2) or a dropped O(1) "
+            "term still exceeds; a tensor that would need more (autodiff itself more than "
+            "1% off the float64 truth) is reported as beyond float32, not judged."),
+    # The half-precision rows serve the checker only (the registry's cases run in float32
+    # and float64); they are judged against autodiff in the same dtype and the float64
+    # truth.
+    "bfloat16": Tolerance(
+        normwise=3e-2, rtol=1e-1, atol=3e-2, cap=10.0,
+        why="8 significant bits, u = 2^-8 ≈ 3.9e-3; normwise 3e-2 ≈ 8u: a result rounded "
+            "once is within u, a short layer's few dozen roundings, partly cancelling, stay "
+            "within ~8u; rtol 0.1 ≈ 25u for entries that partly cancel. Cap 10 stops at "
+            "normwise 0.3: a wrong sign (2) or a dropped O(1) term is still caught."),
+    "float16": Tolerance(
+        normwise=4e-3, rtol=1e-2, atol=4e-3, cap=50.0,
+        why="11 significant bits, u = 2^-11 ≈ 4.9e-4; normwise 4e-3 ≈ 8u, rtol 1e-2 ≈ 20u, "
+            "as for bfloat16. Cap 50 stops at normwise 0.2."),
 }
+
+# How much further from autodiff the checked result may be than autodiff's own measured
+# rounding error (see ``widening``): two independent implementations of the same
+# formula each carry ~α·u; a factor 10 admits a different but equally valid ordering
+# (a fused formula, a different reduction order) without admitting a wrong formula.
+AMPLIFICATION_SAFETY = 10.0
 
 # Finite-difference witness (float64 only; see reference/finite_diff.py): the
 # Richardson-extrapolated first difference is good to ~eps^(4/5) ≈ 3e-13 and the second
@@ -62,13 +114,57 @@ TOLERANCES = {
 # O(1) of its scale.
 FD_TOLERANCE = {1: 1e-9, 2: 1e-6}
 
+# With an error estimate of its own (reference.finite_diff.richardson), the witness
+# fails only beyond this many times that estimate (or beyond FD_TOLERANCE, if larger):
+# the estimate is already a bound (spread plus rounding), the factor covers its own
+# uncertainty (the spread of two extrapolations can cancel by chance).
+FD_SAFETY = 4.0
+
 
 def tolerance(dtype):
     """The Tolerance for ``dtype`` (a name or numpy dtype)."""
-    name = np.dtype(dtype).name
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
     if name not in TOLERANCES:
         raise ValueError(f"no tolerance for dtype {name}; known: {sorted(TOLERANCES)}")
     return TOLERANCES[name]
+
+
+def unit_roundoff(dtype):
+    """u = eps / 2 of a floating dtype (2^-53 for float64, 2^-24 for float32)."""
+    return float(jnp.finfo(dtype).eps) / 2.0
+
+
+def amplification(low, high, dtype):
+    """α: the normwise discrepancy of ``low`` from ``high`` in units of ``dtype``'s u.
+
+    ``low`` is autodiff in ``dtype`` (or on inputs perturbed by a few ulps), ``high``
+    the float64 truth (or the unperturbed result). A well-conditioned function gives
+    α of a few units; NaN when either side is not finite (nothing was measured).
+    """
+    a, b = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    if a.shape != b.shape or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return math.nan
+    norm_b = float(np.linalg.norm(b))
+    if norm_b == 0.0:
+        return 0.0 if not np.any(a) else math.inf
+    return float(np.linalg.norm(a - b)) / norm_b / unit_roundoff(dtype)
+
+
+def widening(dtype, alpha):
+    """(factor, needed): how far the row of ``dtype`` is widened for amplification α.
+
+    ``needed`` is AMPLIFICATION_SAFETY·α·u / normwise unclipped; ``factor`` is it clipped
+    to [1, cap]. ``needed > cap`` says that the dtype cannot resolve the result: autodiff
+    itself is further from the truth than the widest tolerance allows.
+    """
+    tol = tolerance(dtype)
+    if alpha is None or not math.isfinite(alpha):
+        return 1.0, (math.inf if alpha == math.inf else 1.0)
+    needed = AMPLIFICATION_SAFETY * alpha * unit_roundoff(dtype) / tol.normwise
+    return min(max(needed, 1.0), tol.cap), needed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +198,12 @@ def _failed_leaf(path, message):
     return LeafReport(path, nan, nan, math.inf, (), nan, nan, 1.0, False, message)
 
 
+def band(expected, tol):
+    """The allclose band of each element: atol·max|b| + rtol·|b_i| (float64 array)."""
+    b = np.abs(np.asarray(expected, np.float64))
+    return tol.atol * (float(np.max(b)) if b.size else 0.0) + tol.rtol * b
+
+
 def compare_leaf(actual, expected, tol, path=""):
     """Measure one leaf against its oracle under Tolerance ``tol``."""
     a, b = np.asarray(actual), np.asarray(expected)
@@ -119,7 +221,7 @@ def compare_leaf(actual, expected, tol, path=""):
     rel = err / np.maximum(np.abs(b), max(REL_FLOOR * scale, np.finfo(np.float64).tiny))
     norm_b = float(np.linalg.norm(b))
     normwise = float(np.linalg.norm(a - b)) / norm_b if norm_b > 0 else float(np.linalg.norm(a))
-    outside = err > tol.atol * scale + tol.rtol * np.abs(b)
+    outside = err > band(b, tol)
     worst = np.unravel_index(int(np.argmax(err)), a.shape)
     passed = normwise <= tol.normwise and not outside.any()
     message = ""
@@ -145,21 +247,22 @@ def compare(actual, expected, dtype):
         leaf = _failed_leaf("", f"structure {tree_a} != expected {tree_b}")
         return Comparison((leaf,), False, leaf.message)
     leaves = tuple(compare_leaf(a, b, tol, jax.tree_util.keystr(path) or "out")
-                   for (path, a), (_, b) in zip(flat_a, flat_b))
+                   for (path, a), (_, b) in zip(flat_a, flat_b, strict=True))
     failed = [leaf.message for leaf in leaves if not leaf.passed]
     return Comparison(leaves, not failed, "; ".join(failed))
 
 
 def _vdot(u, v):  # on the host, in float64: no compile per leaf shape
     return float(sum(np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64))
-                     for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v))))
+                     for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v),
+                                     strict=True)))
 
 
 def _norm(u):
     return math.sqrt(_vdot(u, u))
 
 
-def witness(fd_value, derivative, direction, order):
+def witness(fd_value, derivative, direction, order, fd_error=0.0):
     """Judge a finite-difference witness against a derivative along ``direction``.
 
     Args:
@@ -168,6 +271,9 @@ def witness(fd_value, derivative, direction, order):
         dense (P, P) Hessian in ravel_pytree order (order 2).
       direction: v, a pytree of unit 2-norm.
       order: 1 or 2.
+      fd_error: the witness's own error estimate (``directional_derivative(...,
+        with_error=True)``); it fails only beyond FD_SAFETY times it (0: the fixed
+        FD_TOLERANCE alone, as for the registry's cases).
 
     Returns:
       (error, passed): |fd - <g, v>| / ||g|| (order 1), or |fd - vᵀ H v| / ||H||_F
@@ -181,5 +287,6 @@ def witness(fd_value, derivative, direction, order):
                             for leaf in jax.tree_util.tree_leaves(direction)])
         hess = np.asarray(derivative, np.float64)
         projection, scale = float(v @ hess @ v), float(np.linalg.norm(hess))
-    error = abs(fd_value - projection) / max(scale, np.finfo(np.float64).tiny)
-    return error, error <= FD_TOLERANCE[order]
+    scale = max(scale, np.finfo(np.float64).tiny)
+    error = abs(fd_value - projection) / scale
+    return error, error <= max(FD_TOLERANCE[order], FD_SAFETY * fd_error / scale)

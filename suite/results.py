@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["Status", "Row", "COLUMNS", "Check", "Outcome", "StudyResult", "Results", "worst"]
@@ -137,6 +137,9 @@ class StudyResult:
     seconds: float = math.nan
     outcome: Outcome | None = None
     traceback: str = dataclasses.field(default="", repr=False)
+    # the study's renderer, (result, out_dir) -> markdown; the report calls it
+    render: Callable[[StudyResult, str], str] | None = dataclasses.field(default=None,
+                                                                         repr=False)
 
     @property
     def figures(self) -> dict[str, Any]:

@@ -1,98 +1,86 @@
-"""Run one case on one device in one dtype: jit both sides, compare, time -> one row.
+"""The run phase: cases and studies in, typed results out.
 
-A row is a flat dict (see ``COLUMNS``); ``run_all`` turns the registry into a pandas
-DataFrame. Nothing here raises for a broken case: an exception anywhere becomes an
-ERROR row carrying its message, so a report always completes.
+``run_case`` runs one case in one dtype on one device — jit both sides, compare, time —
+and returns one ``Row``; ``run_study`` runs one study and returns its ``StudyResult``;
+``run_all`` does both for a selection and returns ``Results``, with the environment
+they were measured in. Nothing here raises for a broken case or study: an exception
+anywhere becomes an ERROR row (or study) carrying its message, so a report always
+completes.
 """
 
-import statistics
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
 import time
 import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import pandas as pd
+import jaxlib
+import numpy as np
 
 from reference import finite_diff
 from suite import compare as cmp
+from suite.cases import Case
+from suite.results import Results, Row, Status, StudyResult
+from suite.studies import Study
+from suite.timing import block, compile_timed, time_interleaved
+from suite.version import __version__
 
-COLUMNS = (
-    "case", "family", "dtype", "device", "sizes", "status", "leaf", "normwise",
-    "max_abs", "max_rel", "frac_outside", "worst_index", "worst_manual",
-    "worst_reference", "tol_normwise", "fd_error", "truth_manual", "truth_autodiff", "compile_manual_s",
-    "compile_autodiff_s", "run_manual_s", "run_autodiff_s", "ratio", "message",
-)
+__all__ = ["PLATFORMS", "resolve_device", "build_inputs", "run_case", "run_study", "run_all",
+           "environment", "git_commit"]
+
+PLATFORMS = ("cpu", "gpu", "tpu")
 
 
-def resolve_device(name=None):
-    """The first JAX device of platform ``name`` ("cpu", "gpu", "tpu"; None: default)."""
+def resolve_device(name: str | None = None) -> jax.Device:
+    """The first JAX device of platform ``name`` ("cpu", "gpu", "tpu"; None: the default).
+
+    Raises ValueError when the platform is unknown or has no device here: a run asked
+    for a GPU never falls back to the CPU silently.
+    """
     if name is None:
         return jax.devices()[0]
+    if name not in PLATFORMS:
+        raise ValueError(f"device must be one of {PLATFORMS}, got {name!r}")
     try:
         return jax.devices(name)[0]
     except RuntimeError as err:
-        raise ValueError(f"no {name!r} device available: {err}") from None
+        available = sorted({d.platform for d in jax.devices()})
+        raise ValueError(f"no {name!r} device available (this machine has: "
+                         f"{', '.join(available)}): {str(err).splitlines()[0]}") from None
 
 
-def block(tree):
-    return jax.block_until_ready(tree)
+def _require_devices(count: int, device: jax.Device) -> None:
+    have = len(jax.devices(device.platform))
+    if have < count:
+        raise ValueError(f"this case needs {count} {device.platform} devices, this process has "
+                         f"{have} (backprop-suite report --devices {count})")
 
 
-def compile_timed(fn, inputs):
-    """jit-compile ``fn`` for ``inputs``; returns (compiled, seconds spent compiling)."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(inputs).compile()
-    return compiled, time.perf_counter() - start
-
-
-def time_interleaved(fns, inputs, *, repeats=None, budget_s=0.5, min_repeats=5,
-                     max_repeats=200):
-    """Median wall time of each compiled function, measured in interleaved rounds.
-
-    Round r runs every function once, in an order rotated by r, so that slow drifts of
-    the machine (another process, frequency scaling) fall on all of them alike. Each
-    call is timed to ``block_until_ready``. With ``repeats=None`` the number of rounds
-    fills about ``budget_s`` seconds, within [min_repeats, max_repeats].
-
-    Returns:
-      (medians, samples): a list of median seconds, and the per-function samples.
-    """
-    for fn in fns:  # warm-up: first calls may allocate or transfer
-        block(fn(inputs))
-    if repeats is None:
-        start = time.perf_counter()
-        for fn in fns:
-            block(fn(inputs))
-        per_round = max(time.perf_counter() - start, 1e-6)
-        repeats = int(min(max_repeats, max(min_repeats, budget_s / per_round)))
-    samples = [[] for _ in fns]
-    for r in range(repeats):
-        for i in range(len(fns)):
-            j = (i + r) % len(fns)
-            start = time.perf_counter()
-            block(fns[j](inputs))
-            samples[j].append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples], samples
-
-
-def _first_line(err):
+def _first_line(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip()
     return text.splitlines()[0][:500]
 
 
-def _fd_witness(case, inputs, manual_out):
+def _fd_witness(case: Case, inputs: dict, manual_out: Any) -> tuple[float, bool]:
     """Finite-difference error of the manual derivative along one random direction."""
     wrt = tuple(inputs[k] for k in case.wrt)
     direction = finite_diff.random_direction(case.seed + 1, wrt)
 
     def objective(point):
-        return case.objective({**inputs, **dict(zip(case.wrt, point))})
+        return case.objective({**inputs, **dict(zip(case.wrt, point, strict=True))})
 
     fd = finite_diff.directional_derivative(objective, wrt, direction, order=case.order)
     return cmp.witness(fd, manual_out, direction, case.order)
 
 
-def build_inputs(case, dtype):
+def build_inputs(case: Case, dtype: str) -> dict:
     """The case's inputs for ``dtype``; every floating leaf must carry exactly that dtype."""
     inputs = case.build(jax.random.PRNGKey(case.seed), dtype)
     for path, leaf in jax.tree_util.tree_flatten_with_path(inputs)[0]:
@@ -103,26 +91,31 @@ def build_inputs(case, dtype):
     return inputs
 
 
-def _upcast(inputs):
+def _widen(inputs: Any) -> Any:
     """float32 inputs widened to float64 (exactly), integers untouched."""
     return jax.tree_util.tree_map(
         lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, inputs)
 
 
-def _truth_errors(case, inputs, manual_out, reference_out):
-    """Normwise errors of a float32 row's two sides against the float64 oracle.
+def _truth_errors(case: Case, inputs: dict, manual_out: Any,
+                  reference_out: Any) -> tuple[float, float]:
+    """Normwise errors of a float32 row's two sides against the float64 reference.
 
-    The float32 verdict compares manual with autodiff, both in float32; these two
+    The float32 verdict compares manual with reference, both in float32; these two
     numbers show how far each is from the float64 truth on the very same (widened)
     inputs, so a reader can see that the manual code is as accurate as autodiff.
     """
-    truth = jax.jit(case.reference)(_upcast(inputs))
-    worst = lambda out: max(r.normwise for r in cmp.compare(out, truth, "float64").leaves)
+    truth = jax.jit(case.reference)(_widen(inputs))
+
+    def worst(out):
+        return max(r.normwise for r in cmp.compare(out, truth, "float64").leaves)
+
     return worst(manual_out), worst(reference_out)
 
 
-def run_case(case, dtype, *, device=None, timing=True, fd=True, truth=None, budget_s=0.5):
-    """Run ``case`` in ``dtype`` on ``device`` and return one row (a dict of COLUMNS).
+def run_case(case: Case, dtype: str, *, device: jax.Device | None = None, timing: bool = True,
+             fd: bool = True, truth: bool | None = None, budget_s: float = 0.5) -> Row:
+    """Run ``case`` in ``dtype`` on ``device`` and return its ``Row``.
 
     Args:
       case: a registry Case.
@@ -130,65 +123,153 @@ def run_case(case, dtype, *, device=None, timing=True, fd=True, truth=None, budg
       device: a jax Device (default: the default device).
       timing: measure compile and run times (off in pytest, which only judges).
       fd: run the finite-difference witness (float64 rows of cases with an objective).
-      truth: for float32 rows, also measure both sides against the float64 oracle
+      truth: for float32 rows, also measure both sides against the float64 reference
         (default: when timing, i.e. in reports).
       budget_s: time budget for the run-time medians of each side.
     """
     truth = timing if truth is None else truth
     device = device or jax.devices()[0]
-    row = dict.fromkeys(COLUMNS)
-    row.update(case=case.name, family=case.family, dtype=dtype, device=device.platform,
-               sizes=case.size_label, tol_normwise=cmp.tolerance(dtype).normwise)
+    row = Row(case=case.name, family=case.family, dtype=dtype, device=device.platform,
+              sizes=case.size_label)
     try:
+        row.tol_normwise = cmp.tolerance(dtype).normwise
         if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
             raise RuntimeError("float64 needs jax_enable_x64 (suite.configure())")
         inputs = jax.device_put(build_inputs(case, dtype), device)
-        if timing:  # honest compile times: nothing cached from an earlier row (see _truth_errors)
+        # A case on a mesh (devices > 1) gets uncommitted inputs, which its mesh places
+        # (jit refuses inputs committed to one device), and is compiled apart from its
+        # single-device reference: in one program, XLA would partition the reference too.
+        mesh_inputs = inputs
+        if case.devices > 1:
+            _require_devices(case.devices, device)
+            mesh_inputs = build_inputs(case, dtype)
+        if timing:  # honest compile times: nothing cached from an earlier row
             jax.clear_caches()
-            manual, t_manual = compile_timed(case.manual, inputs)
-            autodiff, t_autodiff = compile_timed(case.reference, inputs)
-            manual_out, reference_out = block(manual(inputs)), block(autodiff(inputs))
+            manual, row.compile_manual_s = compile_timed(case.manual, mesh_inputs)
+            reference, row.compile_reference_s = compile_timed(case.reference, inputs)
+            manual_out, reference_out = block(manual(mesh_inputs)), block(reference(inputs))
+        elif case.devices > 1:
+            manual_out = block(jax.jit(case.manual)(mesh_inputs))
+            reference_out = block(jax.jit(case.reference)(inputs))
         else:  # judging only: both sides in one program, one compile instead of two
             both = jax.jit(lambda i: (case.manual(i), case.reference(i)))
             manual_out, reference_out = block(both(inputs))
         result = cmp.compare(manual_out, reference_out, dtype)
         worst = result.worst
-        row.update(leaf=worst.path, normwise=worst.normwise, max_abs=worst.max_abs,
-                   max_rel=worst.max_rel, frac_outside=worst.frac_outside,
-                   worst_index=str(worst.worst_index), worst_manual=worst.worst_actual,
-                   worst_reference=worst.worst_expected)
+        row.leaf, row.normwise, row.max_abs = worst.path, worst.normwise, worst.max_abs
+        row.max_rel, row.frac_outside = worst.max_rel, worst.frac_outside
+        row.worst_index = str(worst.worst_index)
+        row.worst_manual, row.worst_reference = worst.worst_actual, worst.worst_expected
         messages = [result.message] if not result.passed else []
         if fd and case.objective is not None and jnp.dtype(dtype) == jnp.float64:
-            fd_error, fd_ok = _fd_witness(case, inputs, manual_out)
-            row["fd_error"] = fd_error
+            row.fd_error, fd_ok = _fd_witness(case, inputs, manual_out)
             if not fd_ok:
-                messages.append(f"finite-difference witness disagrees: error {fd_error:.3e} "
+                messages.append(f"finite-difference witness disagrees: error {row.fd_error:.3e} "
                                 f"(tol {cmp.FD_TOLERANCE[case.order]:.0e})")
         if truth and jnp.dtype(dtype) == jnp.float32 and jax.config.jax_enable_x64:
-            row["truth_manual"], row["truth_autodiff"] = _truth_errors(
+            row.truth_manual, row.truth_reference = _truth_errors(
                 case, inputs, manual_out, reference_out)
         if timing:
-            row.update(compile_manual_s=t_manual, compile_autodiff_s=t_autodiff)
-            (m, a), _ = time_interleaved([manual, autodiff], inputs, budget_s=budget_s)
-            row.update(run_manual_s=m, run_autodiff_s=a, ratio=m / a)
-        row["status"] = "FAIL" if messages else "PASS"
-        row["message"] = "; ".join(messages)
+            (m, r), _ = time_interleaved([lambda: manual(mesh_inputs), lambda: reference(inputs)],
+                                         budget_s=budget_s)
+            row.run_manual_s, row.run_reference_s, row.ratio = m, r, m / r
+        row.status = Status.FAIL if messages else Status.PASS
+        row.message = "; ".join(messages)
     except Exception as err:  # a broken case is a row, never a crashed report
-        row.update(status="ERROR", message=_first_line(err))
-        row["traceback"] = traceback.format_exc()
+        row.status, row.message = Status.ERROR, _first_line(err)
+        row.traceback = traceback.format_exc()
     return row
 
 
-def run_all(selected, dtypes, *, device=None, timing=True, progress=None, **kwargs):
-    """Run every (case, dtype) and return a DataFrame with one row each."""
-    rows = []
-    for case in selected:
-        for dtype in dtypes:
-            if dtype not in case.dtypes:
-                continue
-            row = run_case(case, dtype, device=device, timing=timing, **kwargs)
-            row.pop("traceback", None)
-            rows.append(row)
+def run_study(study: Study, *, quick: bool = False,
+              device: jax.Device | None = None) -> StudyResult:
+    """Run ``study``: PASS if all its checks hold, FAIL if one does not, ERROR if it raised."""
+    result = StudyResult(name=study.name, family=study.family, title=study.title,
+                         status=Status.ERROR, render=study.render)
+    start = time.perf_counter()
+    try:
+        outcome = study.run(quick=quick, device=device)
+        failed = [c for c in outcome.checks if not c.passed]
+        result.outcome = outcome
+        result.status = Status.FAIL if failed else Status.PASS
+        result.message = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    except Exception as err:  # a broken study is a result, never a crashed report
+        result.message, result.traceback = _first_line(err), traceback.format_exc()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_all(selected: Iterable[Case], dtypes: Sequence[str], *,
+            studies: Iterable[Study] = (), device: jax.Device | None = None,
+            timing: bool = True, quick: bool = False,
+            progress: Callable[[Row | StudyResult], None] | None = None,
+            **kwargs: Any) -> Results:
+    """Run every (case, dtype) and every study on ``device``; return ``Results``.
+
+    Everything runs under ``jax.default_device(device)``, studies included, so a GPU
+    report computes on the GPU throughout.
+    """
+    device = device or jax.devices()[0]
+    rows: list[Row] = []
+    results: list[StudyResult] = []
+    with jax.default_device(device):
+        for case in selected:
+            for dtype in dtypes:
+                if dtype not in case.dtypes:
+                    continue
+                row = run_case(case, dtype, device=device, timing=timing, **kwargs)
+                rows.append(row)
+                if progress:
+                    progress(row)
+        for study in studies:
+            result = run_study(study, quick=quick, device=device)
+            results.append(result)
             if progress:
-                progress(row)
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+                progress(result)
+    return Results(rows=rows, studies=results, environment=environment(device))
+
+
+def git_commit() -> str:
+    """The source tree's commit (short hash), marked when it has uncommitted changes.
+
+    A copy of the tree made elsewhere (a remote accelerator, a tarball) carries no .git
+    of its own, or a stale one: the environment variable BACKPROP_SUITE_COMMIT, when set,
+    names the commit the copy was made from and takes precedence.
+    """
+    given = os.environ.get("BACKPROP_SUITE_COMMIT", "").strip()
+    if given:
+        return f"{given} (named by BACKPROP_SUITE_COMMIT)"
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, cwd=here).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def environment(device: jax.Device | None = None) -> dict[str, Any]:
+    """The facts a reader needs to reproduce the numbers.
+
+    The short fields head the report; ``jax_environment`` is JAX's own account
+    (``jax.print_environment_info``: versions, platform, devices, nvidia-smi on a GPU).
+    """
+    device = device or jax.devices()[0]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git commit": git_commit(),
+        "backprop-suite": __version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": device.platform,
+        "device": f"{device.device_kind} ({device})",
+        "devices": len(jax.devices(device.platform)),
+        "host": f"{platform.machine()}, {os.cpu_count()} cores",
+        "jax_environment": jax.print_environment_info(return_string=True),
+    }

@@ -20,27 +20,29 @@ import dataclasses
 import importlib
 import pkgutil
 import zlib
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["TIERS", "DTYPES", "FAMILY_ORDER", "Family", "Case", "register_family", "register",
+           "families", "cases", "get"]
 
 TIERS = ("test", "slow", "report", "bench")
 DTYPES = ("float32", "float64")
 # The order of the report's sections (families not listed here follow, alphabetically).
-FAMILY_ORDER = ("linear", "mlp", "conv", "pool", "rnn", "lstm", "stagewise")
+FAMILY_ORDER = ("linear", "mlp", "conv", "conv_transpose", "pool", "rnn", "lstm", "gru", "layernorm", "batchnorm",
+                "attention", "embedding", "stagewise")
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A derivation family: one section of the report.
 
-    ``extra_section(rows, out_dir) -> markdown`` may add family-specific material (a
-    training curve, a curvature study) below the family's table; ``extra_bench()``
-    may print family-specific measurements after the common benchmark table.
+    Material beyond the family's rows (a training run, a curvature analysis) is a study
+    (``suite.studies``) that names the family; benchmark extras live in ``suite.bench``.
     """
     name: str
     title: str
     description: str
-    extra_section: Optional[Callable] = None
-    extra_bench: Optional[Callable] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,40 +66,47 @@ class Case:
       dtypes: the dtypes this case runs in.
       tier: one of TIERS.
       seed: PRNG seed; by default a hash of the name, so every failure reproduces.
+      devices: how many devices of the run's platform the case needs (its manual side
+        builds a mesh of them, see suite/cases/sharded.py). A process with fewer skips
+        the case (pytest) or leaves it out of the report with a note (the CLI).
     """
     name: str
     family: str
     build: Callable[[Any, str], dict]
     manual: Callable[[dict], Any]
     reference: Callable[[dict], Any]
-    objective: Optional[Callable[[dict], Any]] = None
+    objective: Callable[[dict], Any] | None = None
     wrt: tuple = ()
     order: int = 1
     sizes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dtypes: tuple = DTYPES
     tier: str = "test"
-    seed: Optional[int] = None
+    seed: int | None = None
+    devices: int = 1
 
     def __post_init__(self):
         if self.tier not in TIERS:
             raise ValueError(f"case {self.name}: tier must be one of {TIERS}, got {self.tier!r}")
         if self.order not in (1, 2):
             raise ValueError(f"case {self.name}: order must be 1 or 2, got {self.order}")
+        if not (isinstance(self.devices, int) and self.devices >= 1):
+            raise ValueError(f"case {self.name}: devices must be a positive int, got "
+                             f"{self.devices!r}")
         if self.objective is not None and not self.wrt:
             raise ValueError(f"case {self.name}: an objective needs the names in wrt")
         if self.seed is None:
             object.__setattr__(self, "seed", zlib.crc32(self.name.encode()))
 
     @property
-    def size_label(self):
+    def size_label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.sizes.items())
 
 
-_CASES: dict = {}
-_FAMILIES: dict = {}
+_CASES: dict[str, Case] = {}
+_FAMILIES: dict[str, Family] = {}
 
 
-def register_family(family):
+def register_family(family: Family) -> Family:
     """Declare a Family (once per family module)."""
     if family.name in _FAMILIES:
         raise ValueError(f"family {family.name!r} is registered twice")
@@ -105,7 +114,7 @@ def register_family(family):
     return family
 
 
-def register(case):
+def register(case: Case) -> Case:
     """Declare a Case; its family must be registered first and its name be new."""
     if case.family not in _FAMILIES:
         raise ValueError(f"case {case.name}: unknown family {case.family!r}")
@@ -119,12 +128,13 @@ def _family_key(name):
     return (FAMILY_ORDER.index(name), "") if name in FAMILY_ORDER else (len(FAMILY_ORDER), name)
 
 
-def families():
+def families() -> list[Family]:
     """Registered families in report order."""
     return [_FAMILIES[n] for n in sorted(_FAMILIES, key=_family_key)]
 
 
-def cases(*, family=None, tiers=("test",)):
+def cases(*, family: str | Iterable[str] | None = None,
+          tiers: Iterable[str] | None = ("test",)) -> list[Case]:
     """Registered cases, grouped by family in report order, filtered by family and tier.
 
     ``family`` is a name or an iterable of names (None: all). ``tiers`` is an iterable
@@ -135,19 +145,23 @@ def cases(*, family=None, tiers=("test",)):
     for name in family or ():
         if name not in _FAMILIES:
             raise ValueError(f"unknown family {name!r}; known: {sorted(_FAMILIES)}")
+    tiers = None if tiers is None else tuple(tiers)
+    for tier in tiers or ():
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; known: {list(TIERS)}")
     out = [c for c in _CASES.values()
            if (family is None or c.family in family) and (tiers is None or c.tier in tiers)]
     return sorted(out, key=lambda c: _family_key(c.family))
 
 
-def get(name):
+def get(name: str) -> Case:
     """The case called ``name``."""
     if name not in _CASES:
         raise ValueError(f"unknown case {name!r}")
     return _CASES[name]
 
 
-def _discover():
+def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")

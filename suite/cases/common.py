@@ -19,6 +19,9 @@ import numpy as np
 from reference import autodiff
 from suite.cases import Case
 
+__all__ = ["numpy_rng", "normal", "away_from_zero", "split", "vjp_case", "KINKED", "mlp_params",
+           "mlp_targets", "kink_margin", "mlp_inputs"]
+
 
 def numpy_rng(key):
     """A numpy Generator seeded from a JAX key (raw uint32 or typed)."""
@@ -40,33 +43,50 @@ def away_from_zero(key, shape, dtype, margin=0.1):
 
 def split(key, names):
     """A dict of independent subkeys, one per name."""
-    return dict(zip(names, jax.random.split(key, len(names))))
+    return dict(zip(names, jax.random.split(key, len(names)), strict=True))
 
 
 def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def vjp_case(*, name, family, build, forward, backward, primals, cotangent="dy", **kwargs):
+def vjp_case(*, name, family, build, forward, backward, primals, cotangent="dy",
+             arguments=None, **kwargs):
     """A Case for a layer with a hand-derived backward pass.
 
-    ``backward(*primals, dy)`` must return the cotangents of ``primals`` (a tuple, or a
-    single array when there is one primal); the oracle is ``jax.vjp`` of ``forward``
-    and the finite-difference witness differentiates the scalar <dy, forward(*primals)>,
-    whose gradient is exactly that vector-Jacobian product.
+    ``forward(*arguments)`` is the layer; ``arguments`` names its inputs in call order
+    and defaults to ``primals``. ``primals`` are the inputs differentiated; any other
+    argument (integer ids, say) is held constant. ``backward(*arguments, dy)`` must
+    return the cotangents of ``primals`` only (a tuple, or a single array when there is
+    one primal); the oracle is ``jax.vjp`` of ``forward`` in the primals alone, and the
+    finite-difference witness differentiates the scalar <dy, forward(*arguments)> along
+    a direction in the primals only, its gradient being exactly that vector-Jacobian
+    product.
     """
+    primals = tuple(primals)
+    arguments = primals if arguments is None else tuple(arguments)
+    if not primals or set(primals) - set(arguments) or len(set(arguments)) != len(arguments):
+        raise ValueError(f"case {name}: primals {primals} must be distinct names among the "
+                         f"arguments {arguments}")
     # Both sides return the same named tuple, so reports name the leaves dx, dw, db...
     grads = collections.namedtuple("Cotangents", [f"d{k}" for k in primals])
 
     def args(inputs):
-        return tuple(inputs[k] for k in primals)
+        return tuple(inputs[k] for k in arguments)
+
+    def reference(inputs):
+        def in_primals(*values):  # forward as a function of the primals alone
+            merged = {**inputs, **dict(zip(primals, values, strict=True))}
+            return forward(*(merged[k] for k in arguments))
+        return grads(*autodiff.vjp(in_primals, tuple(inputs[k] for k in primals),
+                                   inputs[cotangent]))
 
     return Case(
         name=name, family=family, build=build,
         manual=lambda inputs: grads(*_as_tuple(backward(*args(inputs), inputs[cotangent]))),
-        reference=lambda inputs: grads(*autodiff.vjp(forward, args(inputs), inputs[cotangent])),
+        reference=reference,
         objective=lambda inputs: jnp.vdot(inputs[cotangent], forward(*args(inputs))),
-        wrt=tuple(primals), **kwargs)
+        wrt=primals, **kwargs)
 
 
 # --- multilayer perceptrons (mlp and stagewise families) -------------------------------
@@ -84,9 +104,9 @@ def mlp_params(key, widths, dtype):
 
 
 def _mlp_params_np(rng, widths, dtype):
-    return tuple((jnp.asarray(rng.normal(0.0, widths[l] ** -0.5, (widths[l], widths[l + 1])), dtype),
-                  jnp.asarray(rng.normal(0.0, 0.1, (widths[l + 1],)), dtype))
-                 for l in range(len(widths) - 1))
+    return tuple((jnp.asarray(rng.normal(0.0, n_in ** -0.5, (n_in, n_out)), dtype),
+                  jnp.asarray(rng.normal(0.0, 0.1, (n_out,)), dtype))
+                 for n_in, n_out in zip(widths[:-1], widths[1:], strict=True))
 
 
 def mlp_targets(key, n, m, loss, dtype):

@@ -18,32 +18,6 @@ from suite.cases import Family, register, register_family
 from suite.cases.common import normal as host_normal
 from suite.cases.common import split, vjp_case
 
-__all__ = ["IMPLEMENTATIONS", "ConvConfig", "resolve_padding", "padded_conv2d", "conv_case",
-           "draw_config", "implementation_of", "NAMED", "NAMED_CONFIGS", "SWEEP",
-           "SWEEP_EXAMPLES"]
-
-
-def implementation_of(case_name):
-    return "im2col" if case_name.startswith("conv/im2col/") else "lax"
-
-
-def _implementations_section(rows, out_dir):
-    """The two backward passes side by side: same oracle, same inputs."""
-    lines = ["### The two implementations", "",
-             "`lax`: manual.conv, dX and dW as `lax.conv_general_dilated` with the arguments "
-             "of the derivation. `im2col`: manual.im2col, patches as a matrix, two matrix "
-             "products and a col2im scatter-add. Both against jax.vjp of conv2d.", "",
-             "| implementation | dtype | rows | pass | worst normwise | median run ratio "
-             "manual/autodiff |", "|---|---|---:|---:|---:|---:|"]
-    rows = rows.assign(implementation=rows["case"].map(implementation_of))
-    for (impl, dtype), g in rows.groupby(["implementation", "dtype"]):
-        ratio = g["ratio"].astype(float).median()
-        lines.append(f"| {impl} | {dtype} | {len(g)} | {int((g['status'] == 'PASS').sum())} | "
-                     f"{g['normwise'].astype(float).max():.2e} | "
-                     f"{'—' if np.isnan(ratio) else f'{ratio:.2f}'} |")
-    return "\n".join(lines)
-
-
 register_family(Family(
     name="conv",
     title="Convolution (filtering) with stride, padding, dilation, groups",
@@ -57,8 +31,10 @@ register_family(Family(
                 "primitive); `conv/im2col/...` use manual.im2col (patches as a matrix: "
                 "two matrix products and a col2im scatter-add). Both against jax.vjp of "
                 "conv2d; `conv/sweep-k` are fixed draws from the hypothesis sweep's space.",
-    extra_section=_implementations_section,
 ))
+
+__all__ = ["IMPLEMENTATIONS", "resolve_padding", "ConvConfig", "padded_conv2d", "conv_case",
+           "draw_config", "NAMED", "NAMED_CONFIGS", "SWEEP_EXAMPLES", "SWEEP"]
 
 IMPLEMENTATIONS = {
     "lax": conv.conv2d_backward,

@@ -12,6 +12,9 @@ register_family(Family(
 ))
 
 
+__all__ = ["SHAPES"]
+
+
 def _builder(n, d, m):
     def build(key, dtype):
         k = split(key, "x w b dy".split())

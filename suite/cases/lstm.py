@@ -17,7 +17,10 @@ import jax.numpy as jnp
 from manual import lstm
 from reference import bptt
 from suite.cases import Family, register, register_family
-from suite.cases.sequences import SEQUENCE_CASES, normals, sequence_case
+from suite.cases.sequences import CHECKPOINT_CASES, SEQUENCE_CASES, normals, sequence_case
+
+__all__ = ["PRIMALS", "bptt_case", "builder", "hidden_states", "reference_forward",
+           "reference_hidden_states", "reference_step"]
 
 register_family(Family(
     name="lstm",
@@ -52,6 +55,11 @@ def reference_forward(params, xs, h0, c0, *, truncation=None, xi=None):
     return bptt.unroll(reference_step(params), (h0, c0), xs, truncation=truncation, xi=xi)[1]
 
 
+def reference_hidden_states(params, xs, h0, c0, *, truncation=None, xi=None):
+    """hs of ``reference_forward``: the oracle's cotangent meets hs only."""
+    return reference_forward(params, xs, h0, c0, truncation=truncation, xi=xi)[0]
+
+
 def hidden_states(params, xs, h0, c0):
     """The project's forward, hs only: the cotangent dhs meets hs, the cells get none."""
     return lstm.forward(params, xs, h0, c0)[0]
@@ -75,19 +83,31 @@ def builder(t, n, d, h, pi=None):
 
 
 
-def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test", dtypes=("float32", "float64")):
-    """A registry case for T, N, D, H and a truncation strategy (full, k, randomized)."""
+def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, checkpoint=None, tier="test",
+              dtypes=("float32", "float64")):
+    """A registry case for T, N, D, H, a truncation strategy (full, k, randomized) and an
+    optional checkpoint segment length."""
     sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
     if pi is not None:
         sizes["pi"] = pi
+    if checkpoint is not None:
+        sizes["checkpoint"] = checkpoint
     return sequence_case(name, "lstm", build=builder(t, n, d, h, pi), forward=hidden_states,
-                         backward=lstm.backward, reference_forward=lambda *p, **kw: reference_forward(*p, **kw)[0],
+                         backward=lstm.backward, reference_forward=reference_hidden_states,
                          primals=PRIMALS, sizes=sizes, truncation=truncation, pi=pi,
-                         tier=tier, dtypes=dtypes)
+                         checkpoint=checkpoint, tier=tier, dtypes=dtypes)
 
 
 for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:
     register(bptt_case(f"lstm/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
+# checkpointed rows: "slow" here, make test's budget (test_bptt_checkpoint.py sweeps every
+# k for the LSTM against full BPTT and its oracle in make test)
+for label, t, n, d, h, k, pi, ck, tier in CHECKPOINT_CASES:
+    register(bptt_case(f"lstm/{label}", t, n, d, h, truncation=k, pi=pi, checkpoint=ck,
+                       tier="slow" if tier == "test" else tier))
 
 # The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
 register(bptt_case("lstm/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
+# The same with checkpoint="sqrt" (k = 10): what recomputing the segments costs at T = 100.
+register(bptt_case("lstm/bench-T100-N32-D256-H256-ck-sqrt", 100, 32, 256, 256,
+                   checkpoint="sqrt", tier="bench"))

@@ -28,11 +28,6 @@ ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu")
 LOSSES = ("mse", "softmax_cross_entropy")
 
 
-def _extra_section(rows, out_dir):
-    from suite import training  # imported late: the study is only needed by the report
-    return training.report_section(out_dir)
-
-
 register_family(Family(
     name="mlp",
     title="L-layer network: activations, losses, costate recursion",
@@ -43,7 +38,6 @@ register_family(Family(
                 "Mizutani, Dreyfus & Nishio). Activation rows check f, f', f'' elementwise "
                 "against jax.nn and (grad-of-)jax.grad; loss rows check the logit gradient "
                 "(Sadowski) and the per-sample Hessian against jax.hessian.",
-    extra_section=_extra_section,
 ))
 
 

@@ -21,10 +21,6 @@ from suite.cases import Family, register, register_family
 from suite.cases.common import normal as host_normal
 from suite.cases.common import split, vjp_case
 
-__all__ = ["KINDS", "TIE_FREE_GAP", "PoolConfig", "distinct_values", "torch_out",
-           "every_window_holds_a_pixel", "pool_case", "draw_config", "NAMED", "NAMED_ONE_KIND",
-           "NAMED_CONFIGS", "SWEEP", "SWEEP_EXAMPLES", "BENCH"]
-
 register_family(Family(
     name="pool",
     title="Max and average pooling (subsampling)",
@@ -38,6 +34,10 @@ register_family(Family(
                 "windows accumulate (col2im). `pool/sweep-k` are fixed draws from the "
                 "hypothesis sweep's space.",
 ))
+
+__all__ = ["KINDS", "TIE_FREE_GAP", "distinct_values", "torch_out", "every_window_holds_a_pixel",
+           "PoolConfig", "pool_case", "draw_config", "NAMED", "NAMED_ONE_KIND", "NAMED_CONFIGS",
+           "SWEEP_EXAMPLES", "SWEEP", "BENCH"]
 
 KINDS = {
     "max": (pool.max_pool2d, pool.max_pool2d_backward),

@@ -19,40 +19,10 @@ import jax.numpy as jnp
 from manual import clip, rnn
 from reference import autodiff, bptt
 from suite.cases import Case, Family, register, register_family
-from suite.cases.sequences import SEQUENCE_CASES, normals, sequence_case
+from suite.cases.sequences import CHECKPOINT_CASES, SEQUENCE_CASES, normals, sequence_case
 
-
-def truncation_study(rows=None, out_dir=None, *, t=50, n=4, d=3, h=8, keys=2000):
-    """Report material: how far each truncation is from full BPTT on one fixed problem.
-
-    For regular truncation the distance is its bias. For randomized truncation a single
-    draw is far off, but the mean over ``keys`` draws approaches full BPTT: its distance
-    is listed with the 5-sigma bound 5 sqrt(Σ_j s_j² / K) from the per-draw sample
-    standard deviations s_j (the test suite checks the same statistic).
-    """
-    inputs = builder(t, n, d, h)(jax.random.PRNGKey(0), "float64")
-    args = (*_args(inputs), inputs["dhs"])
-
-    def flat(tree):
-        return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
-
-    full = flat(rnn.backward(*args))
-    dist = lambda g: float(jnp.linalg.norm(g - full) / jnp.linalg.norm(full))
-    lines = [f"**Truncation study** (T={t}, N={n}, D={d}, H={h}, float64): normwise distance "
-             f"of each gradient from full BPTT; randomized truncation over K={keys} keys.", "",
-             "| strategy | distance from full BPTT | 5-sigma bound of the mean |", "|---|---:|---:|"]
-    for k in (1, 2, 5, 10, 25):
-        lines.append(f"| truncation={k} | {dist(flat(rnn.backward(*args, truncation=k))):.3e} | — |")
-    for pi in (0.5, 0.8):
-        draw = jax.jit(jax.vmap(lambda key: flat(rnn.backward(
-            *args, xi=rnn.randomized_weights(key, t, pi, dtype=jnp.float64)))))
-        grads = draw(jax.random.split(jax.random.PRNGKey(1), keys))
-        bound = 5 * float(jnp.sqrt(jnp.sum(jnp.var(grads, axis=0, ddof=1)) / keys)
-                          / jnp.linalg.norm(full))
-        lines.append(f"| randomized pi={pi}, one draw | {dist(grads[0]):.3e} | — |")
-        lines.append(f"| randomized pi={pi}, mean of {keys} | {dist(grads.mean(0)):.3e} | {bound:.3e} |")
-    return "\n".join(lines)
-
+__all__ = ["Grads", "PRIMALS", "bptt_case", "builder", "clipped_case", "reference_clip",
+           "reference_forward", "reference_step"]
 
 register_family(Family(
     name="rnn",
@@ -65,7 +35,6 @@ register_family(Family(
                 "truncation (xi_t = 0 or 1/pi) against a forward feeding step t "
                 "sg(h) + xi_t (h - sg(h)) (d2l.ai 9.7; Tallec & Ollivier 2017). "
                 "Clipping by global norm against an independent jax.tree_util version.",
-    extra_section=truncation_study,
 ))
 
 PRIMALS = ("params", "xs", "h0")
@@ -106,15 +75,19 @@ def _args(inputs):
     return tuple(inputs[k] for k in PRIMALS)
 
 
-def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, tier="test", dtypes=("float32", "float64")):
-    """A registry case for T, N, D, H and a truncation strategy (full, k, randomized)."""
+def bptt_case(name, t, n, d, h, *, truncation=None, pi=None, checkpoint=None, tier="test",
+              dtypes=("float32", "float64")):
+    """A registry case for T, N, D, H, a truncation strategy (full, k, randomized) and an
+    optional checkpoint segment length."""
     sizes = dict(T=t, N=n, D=d, H=h, truncation=truncation or "full")
     if pi is not None:
         sizes["pi"] = pi
+    if checkpoint is not None:
+        sizes["checkpoint"] = checkpoint
     return sequence_case(name, "rnn", build=builder(t, n, d, h, pi), forward=rnn.forward,
                          backward=rnn.backward, reference_forward=reference_forward,
                          primals=PRIMALS, sizes=sizes, truncation=truncation, pi=pi,
-                         tier=tier, dtypes=dtypes)
+                         checkpoint=checkpoint, tier=tier, dtypes=dtypes)
 
 
 def reference_clip(grads, max_norm):
@@ -143,9 +116,14 @@ def clipped_case(name, t, n, d, h, *, max_norm, truncation=None, tier="test"):
 
 for label, t, n, d, h, k, pi, tier in SEQUENCE_CASES:
     register(bptt_case(f"rnn/{label}", t, n, d, h, truncation=k, pi=pi, tier=tier))
+for label, t, n, d, h, k, pi, ck, tier in CHECKPOINT_CASES:
+    register(bptt_case(f"rnn/{label}", t, n, d, h, truncation=k, pi=pi, checkpoint=ck, tier=tier))
 
 register(clipped_case("rnn/T7-clip", 7, 3, 4, 5, max_norm=1.0, tier="slow"))
 register(clipped_case("rnn/T7-k3-clip", 7, 3, 4, 5, max_norm=1.0, truncation=3, tier="slow"))
 
 # The benchmark of the issue: manual BPTT vs jax.vjp of the same forward, both compiled.
 register(bptt_case("rnn/bench-T100-N32-D256-H256", 100, 32, 256, 256, tier="bench"))
+# The same with checkpoint="sqrt" (k = 10): what recomputing the segments costs at T = 100.
+register(bptt_case("rnn/bench-T100-N32-D256-H256-ck-sqrt", 100, 32, 256, 256,
+                   checkpoint="sqrt", tier="bench"))

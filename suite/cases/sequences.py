@@ -1,12 +1,15 @@
-"""What the rnn and lstm families share: their table of sequence cases, and input drawing."""
+"""What the recurrent families share: their tables of sequence cases, and input drawing."""
 
 import collections
+import functools
 
 import jax.numpy as jnp
 
 from reference import autodiff
 from suite.cases import Case
 from suite.cases.common import numpy_rng, vjp_case
+
+__all__ = ["CHECKPOINT_CASES", "SEQUENCE_CASES", "normals", "sequence_case"]
 
 
 def normals(key, shapes, dtype):
@@ -21,7 +24,7 @@ def normals(key, shapes, dtype):
 
 
 def sequence_case(name, family, *, build, forward, backward, reference_forward, primals,
-                  sizes, truncation=None, pi=None, tier="test",
+                  sizes, truncation=None, pi=None, checkpoint=None, tier="test",
                   dtypes=("float32", "float64")):
     """A registry case for one BPTT strategy of a recurrent layer.
 
@@ -29,8 +32,12 @@ def sequence_case(name, family, *, build, forward, backward, reference_forward, 
     witness). Truncated and randomized BPTT are not the gradient of any objective, so
     they have no witness: their oracle is jax.vjp of ``reference_forward(*primals,
     truncation=, xi=)``, which returns the hidden states with stop_gradient at the cuts.
-    ``backward(*primals, dhs, truncation=, xi=)`` is the hand-derived side.
+    ``backward(*primals, dhs, truncation=, xi=)`` is the hand-derived side; with
+    ``checkpoint`` it is called with ``checkpoint=`` too, against the same oracles
+    (checkpointing changes the memory, never the gradient).
     """
+    if checkpoint is not None:
+        backward = functools.partial(backward, checkpoint=checkpoint)
     if truncation is None and pi is None:
         return vjp_case(name=name, family=family, build=build, forward=forward,
                         backward=backward, primals=primals, cotangent="dhs", sizes=sizes,
@@ -79,4 +86,21 @@ SEQUENCE_CASES = (
     ("T100-N16-H32-xi0.7", 100, 16, 8, 32, None, 0.7, "slow"),
     ("T100-N32-H128", 100, 32, 64, 128, None, None, "report"),
     ("T100-N32-H128-k20", 100, 32, 64, 128, 20, None, "report"),
+)
+
+# Checkpointed BPTT: (name, T, N, D, H, truncation, pi, checkpoint, tier), the same oracles
+# as the rows above. The test tier has one row, a k that does not divide T combined with
+# truncation and randomized truncation (suite/tests/test_bptt_checkpoint.py sweeps every
+# k at a small T against full BPTT and its oracle in make test too); "slow" has the rest.
+# Families may demote the test row to "slow" to stay in make test's budget (lstm, gru).
+CHECKPOINT_CASES = (
+    ("T7-k3-xi0.5-ck-2", 7, 3, 4, 5, 3, 0.5, 2, "test"),
+    ("T7-ck3", 7, 3, 4, 5, None, None, 3, "slow"),
+    ("T1-ck1", 1, 3, 2, 4, None, None, 1, "slow"),
+    ("T7-ck1", 7, 3, 4, 5, None, None, 1, "slow"),
+    ("T100-ck-sqrt", 100, 2, 3, 4, None, None, "sqrt", "slow"),
+    ("T100-k30-ck7", 100, 2, 3, 4, 30, None, 7, "slow"),
+    ("T100-xi0.8-ck-sqrt", 100, 2, 3, 4, None, 0.8, "sqrt", "slow"),
+    ("T100-N16-H32-ck-sqrt", 100, 16, 8, 32, None, None, "sqrt", "slow"),
+    ("T100-N32-H128-ck-sqrt", 100, 32, 64, 128, None, None, "sqrt", "report"),
 )

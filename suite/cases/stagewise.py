@@ -23,17 +23,6 @@ from reference import autodiff
 from suite.cases import Case, Family, register, register_family
 from suite.cases.common import mlp_inputs, normal, split
 
-
-def _extra_section(rows, out_dir):
-    from suite import curvature
-    return curvature.section(rows, out_dir)
-
-
-def _extra_bench(*, device, echo):
-    from suite import stagewise_bench
-    return stagewise_bench.extra(device=device, echo=echo)
-
-
 register_family(Family(
     name="stagewise",
     title="Second-order stagewise backprop: exact MLP Hessian, Gauss-Newton, Hessian-vector",
@@ -43,8 +32,6 @@ register_family(Family(
                 "(l <= m) one batched product over the samples, mirrored. Against jax.hessian "
                 "(with the finite-difference witness on vᵀHv), hvp (Pearlmutter's R-operator) "
                 "against jax.jvp of jax.grad, Gauss-Newton against Jᵀ Λ J from jax.jacrev.",
-    extra_section=_extra_section,
-    extra_bench=_extra_bench,
 ))
 
 ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu", "relu")

@@ -1,12 +1,13 @@
-"""Test-session set-up: float64 on, rank promotion an error, hypothesis reproducible."""
+"""Test-session set-up: float64 on, rank promotion an error, full-precision matmuls,
+hypothesis reproducible."""
 
 import hypothesis
 import jax
 import pytest
 
-import suite
+from suite.config import configure
 
-suite.configure()
+configure()
 
 # derandomize: every run draws the same examples, so every failure reproduces.
 hypothesis.settings.register_profile(
@@ -26,7 +27,8 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(autouse=True)
 def _strict_jax():
-    """Every test runs with x64 on and implicit rank promotion raising."""
+    """Every test runs with x64 on, implicit rank promotion raising, matmuls at HIGHEST."""
     assert jax.config.jax_enable_x64
     assert jax.config.jax_numpy_rank_promotion == "raise"
+    assert jax.config.jax_default_matmul_precision == "highest"
     yield

@@ -37,17 +37,20 @@ def test_above_the_threshold_rescales_to_exactly_max_norm():
     clipped, norm = clip.clip_by_global_norm(grads, max_norm)
     assert norm.dtype == jnp.float64 and abs(float(norm) - norm_np) <= 1e-14 * norm_np
     assert jax.tree_util.tree_structure(clipped) == jax.tree_util.tree_structure(grads)
-    for got, leaf in zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(grads)):
+    pairs = zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(grads), strict=True)
+    for got, leaf in pairs:
         assert got.dtype == leaf.dtype
         rtol = 1e-6 if leaf.dtype == jnp.float32 else 1e-14
-        np.testing.assert_allclose(got, np.asarray(leaf, np.float64) * (max_norm / norm_np), rtol=rtol)
+        expected = np.asarray(leaf, np.float64) * (max_norm / norm_np)
+        np.testing.assert_allclose(got, expected, rtol=rtol)
     assert _np_norm(clipped) == pytest.approx(max_norm, rel=1e-6)
 
 
 def test_below_the_threshold_is_a_no_op_bit_for_bit():
     grads = _grads()
     clipped, norm = clip.clip_by_global_norm(grads, 2.0 * _np_norm(grads))
-    for got, leaf in zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(grads)):
+    pairs = zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(grads), strict=True)
+    for got, leaf in pairs:
         assert np.array_equal(got, leaf) and got.dtype == leaf.dtype
 
 

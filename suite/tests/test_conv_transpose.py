@@ -23,8 +23,8 @@ from suite.cases import conv_transpose as cases
 
 
 def _explain(row):
-    return (f"{row['case']} {row['dtype']}: {row['status']}: {row['message']}\n"
-            f"{row.get('traceback', '')}")
+    return (f"{row.case} {row.dtype}: {row.status}: {row.message}\n"
+            f"{row.traceback}")
 
 
 def naive_conv_transpose2d(x, w, b, stride, padding, output_padding, dilation, groups):
@@ -271,13 +271,13 @@ def _groups_ignored_in_dw(x, w, b, dy, **kw):
 ])
 def test_planted_bug_fails(label, bug, leaf):
     row = _row_with_backward(label, bug)
-    assert row["status"] == "FAIL" and leaf in row["message"], _explain(row)
+    assert row.status == "FAIL" and leaf in row.message, _explain(row)
 
 
 def test_the_planting_harness_passes_the_truth():
     for label in ("output-padding-dilation", "depthwise"):
         row = _row_with_backward(label, conv.conv_transpose2d_backward)
-        assert row["status"] == "PASS", _explain(row)
+        assert row.status == "PASS", _explain(row)
 
 
 # --- the hypothesis sweep ---------------------------------------------------------------
@@ -291,7 +291,7 @@ def _sweep_one(config, witness):
     case = cases.transpose_case("conv_transpose/hypothesis", config)
     for dtype in ("float32", "float64"):
         row = run.run_case(case, dtype, timing=False, fd=witness)
-        assert row["status"] == "PASS", f"{config}\n{_explain(row)}"
+        assert row.status == "PASS", f"{config}\n{_explain(row)}"
 
 
 @pytest.mark.parametrize("tier", [

@@ -41,11 +41,14 @@ def violations(source, filename="<source>"):
                 pass
             elif module == "jax":
                 if names - ALLOWED_FROM_JAX:
-                    found.append(f"{where}: from jax import {', '.join(sorted(names - ALLOWED_FROM_JAX))}")
+                    extra = ", ".join(sorted(names - ALLOWED_FROM_JAX))
+                    found.append(f"{where}: from jax import {extra}")
             elif not _allowed(module):
                 found.append(f"{where}: from {module} import ...")
-            if names & TRANSFORMS and not (module == "manual" or module.startswith("manual.") or node.level):
-                found.append(f"{where}: imports {', '.join(sorted(names & TRANSFORMS))} from {module}")
+            inside = module == "manual" or module.startswith("manual.") or node.level
+            if names & TRANSFORMS and not inside:
+                transforms = ", ".join(sorted(names & TRANSFORMS))
+                found.append(f"{where}: imports {transforms} from {module}")
         elif isinstance(node, ast.Attribute) and node.attr in TRANSFORMS:
             root = node.value
             while isinstance(root, ast.Attribute):

@@ -17,8 +17,8 @@ def _good(dtype=jnp.float64):
 
 def test_forward_matches_numpy():
     x, w, b, _ = _good()
-    np.testing.assert_allclose(linear.forward(x, w, b), np.asarray(x) @ np.asarray(w) + np.asarray(b),
-                               rtol=1e-15, atol=1e-15)
+    expected = np.asarray(x) @ np.asarray(w) + np.asarray(b)
+    np.testing.assert_allclose(linear.forward(x, w, b), expected, rtol=1e-15, atol=1e-15)
 
 
 def test_dtype_is_preserved():
@@ -33,10 +33,12 @@ def test_dtype_is_preserved():
     (1, np.ones(D), r"w must have rank 2, got shape \(3,\)"),
     (2, np.ones((M, 1)), r"b must have rank 1, got shape \(2, 1\)"),
     (3, np.ones(M), r"dy must have rank 2, got shape \(2,\)"),
-    (1, np.ones((D + 1, M)), r"w must have shape \(D, M\) with D = x.shape\[1\] = 3, got x \(4, 3\) and w \(4, 2\)"),
+    (1, np.ones((D + 1, M)),
+     r"w must have shape \(D, M\) with D = x.shape\[1\] = 3, got x \(4, 3\) and w \(4, 2\)"),
     (2, np.ones(M + 1), r"b must have shape \(M,\) = \(2,\) to match w \(3, 2\), got \(3,\)"),
     (3, np.ones((N, M + 1)), r"dy must have the shape of y .* \(4, 2\), got \(4, 3\)"),
-    (0, np.ones((N, D), np.int32), r"x must be a floating-point array, got shape \(4, 3\) and dtype int32"),
+    (0, np.ones((N, D), np.int32),
+     r"x must be a floating-point array, got shape \(4, 3\) and dtype int32"),
     (3, np.ones((N, M), np.float32), r"share one floating dtype, got .*dy: float32"),
 ])
 def test_bad_input_is_a_value_error_naming_the_argument(which, bad, pattern):

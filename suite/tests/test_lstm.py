@@ -49,7 +49,7 @@ def np_forward(params, xs, h0, c0):
         c = f * c + i * g
         h = o * np.tanh(c)
         hs.append(h), cs.append(c), gates.append((i, f, g, o))
-    return np.stack(hs), np.stack(cs), [np.stack(g) for g in zip(*gates)]
+    return np.stack(hs), np.stack(cs), [np.stack(g) for g in zip(*gates, strict=True)]
 
 
 def np_bptt(params, xs, h0, c0, dhs, *, omega=None, bug=None):
@@ -74,7 +74,8 @@ def np_bptt(params, xs, h0, c0, dhs, *, omega=None, bug=None):
         dparams["b"] += delta.sum(0)
         dxs[t] = delta @ params["w_x"].T
         gh = omega[t] * (delta @ params["w_h"].T)
-        gc = {"cell_adjoint_not_carried": 0 * dc, "no_forget_gate_on_cell_adjoint": dc}.get(bug, dc * f[t])
+        gc = {"cell_adjoint_not_carried": 0 * dc,
+              "no_forget_gate_on_cell_adjoint": dc}.get(bug, dc * f[t])
         gc = gc if bug == "xi_on_h_only" else omega[t] * gc
     return dparams, dxs, gh, gc
 
@@ -214,13 +215,19 @@ def _with(params=None, **kw):
 
 
 @pytest.mark.parametrize("args, pattern", [
-    (_with(params=dict(w_x=np.ones((4, 5)))), r"params\['w_x'\] must have shape \(D, 4H\) = \(4, 20\).*got \(4, 5\)"),
-    (_with(params=dict(w_h=np.ones((5, 5)))), r"params\['w_h'\] must have shape \(H, 4H\) = \(5, 20\).*got \(5, 5\)"),
-    (_with(params=dict(b=np.ones(5))), r"params\['b'\] must have shape \(4H,\) = \(20,\).*got \(5,\)"),
-    (_with(h0=np.ones((3, 5))), r"h0 must have shape \(N, H\) with N = xs.shape\[1\] = 2, got xs \(3, 2, 4\) and h0 \(3, 5\)"),
+    (_with(params=dict(w_x=np.ones((4, 5)))),
+     r"params\['w_x'\] must have shape \(D, 4H\) = \(4, 20\).*got \(4, 5\)"),
+    (_with(params=dict(w_h=np.ones((5, 5)))),
+     r"params\['w_h'\] must have shape \(H, 4H\) = \(5, 20\).*got \(5, 5\)"),
+    (_with(params=dict(b=np.ones(5))),
+     r"params\['b'\] must have shape \(4H,\) = \(20,\).*got \(5,\)"),
+    (_with(h0=np.ones((3, 5))),
+     r"h0 must have shape \(N, H\) with N = xs.shape\[1\] = 2, got xs \(3, 2, 4\) and h0 \(3, 5\)"),
     (_with(c0=np.ones((2, 4))), r"c0 must have the shape of h0, \(2, 5\), got \(2, 4\)"),
-    (_with(dhs=np.ones((3, 2, 20))), r"dhs must have the shape of hs, \(T, N, H\) = \(3, 2, 5\), got \(3, 2, 20\)"),
-    (_with(xs=np.ones((0, 2, 4)), dhs=np.ones((0, 2, 5))), r"xs must have at least one time step, got xs \(0, 2, 4\)"),
+    (_with(dhs=np.ones((3, 2, 20))),
+     r"dhs must have the shape of hs, \(T, N, H\) = \(3, 2, 5\), got \(3, 2, 20\)"),
+    (_with(xs=np.ones((0, 2, 4)), dhs=np.ones((0, 2, 5))),
+     r"xs must have at least one time step, got xs \(0, 2, 4\)"),
     (_with(c0=np.ones(5)), r"c0 must have rank 2, got shape \(5,\)"),
     (_with(c0=np.ones((2, 5), np.float32)), r"share one floating dtype, got .*c0: float32"),
     ([{"w_xh": np.ones((4, 5)), "w_hh": np.ones((5, 5)), "b": np.ones(5)}] + _good()[1:],

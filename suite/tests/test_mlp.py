@@ -62,7 +62,7 @@ def test_planted_derivation_bug_fails(bug):
 
     planted = dataclasses.replace(case, manual=manual)
     row = run.run_case(planted, "float64", timing=False, fd=False)
-    assert row["status"] == "FAIL", row
+    assert row.status == "FAIL", row
 
 
 def test_planted_bug_shared_with_the_oracle_is_caught_by_finite_differences():
@@ -76,7 +76,7 @@ def test_planted_bug_shared_with_the_oracle_is_caught_by_finite_differences():
 
     row = run.run_case(dataclasses.replace(case, manual=buggy, reference=buggy), "float64",
                        timing=False)
-    assert row["status"] == "FAIL" and "finite-difference" in row["message"], row
+    assert row.status == "FAIL" and "finite-difference" in row.message, row
 
 
 def test_buggy_copy_without_a_bug_passes():
@@ -85,7 +85,7 @@ def test_buggy_copy_without_a_bug_passes():
     manual = lambda inputs: _buggy_grad(inputs["params"], inputs["x"], inputs["y"], bug=None,
                                         **PLANT_CONFIG)
     row = run.run_case(dataclasses.replace(case, manual=manual), "float64", timing=False)
-    assert row["status"] == "PASS", row
+    assert row.status == "PASS", row
 
 
 # --- conventions and closed forms ------------------------------------------------------------

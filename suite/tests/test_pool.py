@@ -25,8 +25,7 @@ BACKWARDS = {"max": pool.max_pool2d_backward, "avg": pool.avg_pool2d_backward}
 
 
 def _explain(row):
-    return (f"{row['case']} {row['dtype']}: {row['status']}: {row['message']}\n"
-            f"{row.get('traceback', '')}")
+    return f"{row.case} {row.dtype}: {row.status}: {row.message}\n{row.traceback}"
 
 
 def _jit(fn, **kw):
@@ -220,7 +219,7 @@ def _tie_case(backward, window=(3, 3), stride=(1, 2), padding=(1, 1)):
 def test_tie_convention_matches_jax_through_the_suite(dtype):
     # no finite-difference witness here: at a tie the max is not differentiable
     row = run.run_case(_tie_case(pool.max_pool2d_backward), dtype, timing=False, fd=False)
-    assert row["status"] == "PASS", _explain(row)
+    assert row.status == "PASS", _explain(row)
 
 
 def test_ties_with_numpy_loops():
@@ -241,7 +240,7 @@ def test_ties_with_numpy_loops():
 
 def test_planted_last_maximum_on_ties_fails():
     row = run.run_case(_tie_case(_last), "float64", timing=False, fd=False)
-    assert row["status"] == "FAIL" and ".dx" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
 
 def _last(x, dy, *, window, stride, padding):
@@ -448,7 +447,7 @@ def _max_dilation_ignored_in_the_scatter(x, dy, *, window, stride, padding, dila
 ])
 def test_planted_bug_fails(kind, label, bug):
     row = _row_with_backward(kind, label, bug)
-    assert row["status"] == "FAIL" and ".dx" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
 
 def _overwriting_unwindow():
@@ -469,14 +468,14 @@ def _overwriting_unwindow():
 def test_planted_overlap_overwritten_instead_of_added_fails(kind, monkeypatch):
     monkeypatch.setattr(windows, "unwindow", _overwriting_unwindow())
     row = _row_with_backward(kind, "3x3-s1-p1", BACKWARDS[kind])
-    assert row["status"] == "FAIL" and ".dx" in row["message"], _explain(row)
+    assert row.status == "FAIL" and ".dx" in row.message, _explain(row)
 
 
 def test_the_planting_harness_passes_the_truth():
     for kind, label in (("max", "3x3-s1-p1"), ("avg", "3x3-s1-p1"), ("max", "dilated-p1"),
                         ("avg", "exclude-pad"), ("avg", "3x3-s2-ceil")):
         row = _row_with_backward(kind, label, BACKWARDS[kind])
-        assert row["status"] == "PASS", _explain(row)
+        assert row.status == "PASS", _explain(row)
 
 
 # --- the hypothesis sweep ---------------------------------------------------------------
@@ -486,11 +485,11 @@ def configs(draw):
     return pool_cases.draw_config(lambda lo, hi: draw(st.integers(lo, hi)))
 
 
-def _sweep_one(config, kind, witness):
+def _sweep_one(config, kind, witness, dtypes=("float32", "float64")):
     case = pool_cases.pool_case("pool/hypothesis", config, kind)
-    for dtype in ("float32", "float64"):
+    for dtype in dtypes:
         row = run.run_case(case, dtype, timing=False, fd=witness)
-        assert row["status"] == "PASS", f"{config}\n{_explain(row)}"
+        assert row.status == "PASS", f"{config}\n{_explain(row)}"
 
 
 @pytest.mark.parametrize("tier", [
@@ -499,9 +498,12 @@ def test_sweep(tier):
     """Max and avg pooling over the sweep space, the kind drawn with the geometry."""
     @hypothesis.settings(max_examples=pool_cases.SWEEP_EXAMPLES[tier])
     @hypothesis.given(config=configs(), kind=st.sampled_from(sorted(pool_cases.KINDS)),
-                      witness=st.integers(0, 3))
-    def check(config, kind, witness):
-        # the finite-difference witness on a quarter of the draws in the slow tier only,
-        # to keep 200 draws within make test's budget; the registered cases carry it
-        _sweep_one(config, kind, witness=tier == "slow" and witness == 0)
+                      witness=st.integers(0, 3), dtype=st.sampled_from(["float32", "float64"]))
+    def check(config, kind, witness, dtype):
+        # make test: each draw in one dtype, drawn with the geometry, and no witness (a
+        # compile per draw is the whole cost); the slow tier runs both dtypes and the
+        # finite-difference witness on a quarter of the draws; the registered cases carry it
+        slow = tier == "slow"
+        _sweep_one(config, kind, witness=slow and witness == 0,
+                   dtypes=("float32", "float64") if slow else (dtype,))
     check()

@@ -138,7 +138,7 @@ def test_planted_missing_term_fails(what):
     bad = _planted(case, lambda i: stagewise._curvature(i["params"], i["x"], i["y"], **kw,
                                                         **PLANTED_HESSIANS[what]))
     row = run.run_case(bad, "float64", timing=False, fd=False)
-    assert row["status"] == "FAIL", row
+    assert row.status == "FAIL", row
 
 
 def _mutate_blocks(fn):
@@ -171,7 +171,7 @@ def test_planted_assembly_slip_fails(mutate):
     case = get_case("stagewise/hessian/tanh-ce-d3-N7-l20.1")
     row = run.run_case(_planted(case, _mutate_blocks(mutate)(case)), "float64", timing=False,
                        fd=False)
-    assert row["status"] == "FAIL", row
+    assert row.status == "FAIL", row
 
 
 def test_planted_hvp_without_curvature_terms_fails():
@@ -184,7 +184,7 @@ def test_planted_hvp_without_curvature_terms_fails():
         return unravel(stagewise.gauss_newton(i["params"], i["x"], i["y"], **kw) @ flat)
 
     row = run.run_case(_planted(case, gv), "float64", timing=False)
-    assert row["status"] == "FAIL", row
+    assert row.status == "FAIL", row
 
 
 def test_planted_gauss_newton_with_residual_terms_fails():
@@ -192,7 +192,7 @@ def test_planted_gauss_newton_with_residual_terms_fails():
     kw = _args(case)
     bad = _planted(case, lambda i: stagewise.hessian(i["params"], i["x"], i["y"], **kw))
     row = run.run_case(bad, "float64", timing=False)
-    assert row["status"] == "FAIL", row
+    assert row.status == "FAIL", row
 
 
 def test_gauss_newton_reference_is_independent_of_manual_losses():

@@ -1,4 +1,4 @@
-"""Stagewise-Hessian measurements beyond the timing table (the Family.extra_bench hook).
+"""Stagewise-Hessian measurements beyond the common timing table (a bench extra).
 
 1. Matmul peak: a compiled float64 (n x n) @ (n x n), 2 n³ flops / median time.
 2. Achieved GFLOP/s of manual.stagewise.hessian on the bench shapes: 2 N P² / median,
@@ -17,48 +17,49 @@
 """
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from manual import mlp, stagewise
 from reference import autodiff
 from suite.cases.common import mlp_inputs
-from suite.run import block
+from suite.cases.stagewise import BENCH_WIDTHS
+from suite.timing import median_time
+
+__all__ = ["matmul_peak", "extra"]
 
 GIB = 2**30
 HEADROOM = 4 * GIB  # kept free for the OS and the rest of the process
 
 
-def _median_time(fn, args, repeats=5):
-    block(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        block(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def matmul_peak(n=2048, device=None):
     a = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float64), device)
     fn = jax.jit(lambda m: m @ m).lower(a).compile()
-    return 2 * n**3 / _median_time(fn, (a,)) / 1e9
+    return 2 * n**3 / median_time(fn, a) / 1e9
 
 
 def _param_count(widths):
-    return sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
-def _fns(widths, n, device, kw=dict(activation="tanh", loss="mse", l2=0.0)):
+KW = dict(activation="tanh", loss="mse", l2=0.0)
+
+
+def _fns(widths, n, device):
     inputs = jax.device_put(mlp_inputs(jax.random.PRNGKey(0), widths, n, "float64",
                                        loss="mse", activation="tanh"), device)
-    sw = lambda i: stagewise.hessian(i["params"], i["x"], i["y"], **kw)
-    ad = lambda i: autodiff.hessian(mlp.loss, i["params"], i["x"], i["y"], **kw)
-    unchunked = lambda i: stagewise._curvature(i["params"], i["x"], i["y"], **kw, f2=True,
-                                               cross=True, chunk_bytes=None)
+
+    def sw(i):
+        return stagewise.hessian(i["params"], i["x"], i["y"], **KW)
+
+    def ad(i):
+        return autodiff.hessian(mlp.loss, i["params"], i["x"], i["y"], **KW)
+
+    def unchunked(i):
+        return stagewise._curvature(i["params"], i["x"], i["y"], **KW, f2=True, cross=True,
+                                    chunk_bytes=None)
+
     return inputs, sw, ad, unchunked
 
 
@@ -79,17 +80,16 @@ def _mem_available():
 
 
 def extra(*, device, echo=print):
-    from suite.cases.stagewise import BENCH_WIDTHS
-
     peak = matmul_peak(device=device)
     echo(f"matmul peak (float64 2048^3, compiled, median of 5): {peak:.1f} GFLOP/s")
     echo("stagewise achieved rate (2 N P^2 / median time):")
-    for label, widths in BENCH_WIDTHS.items():
+    for widths in BENCH_WIDTHS.values():
         inputs, sw, _, _ = _fns(widths, 64, device)
-        t = _median_time(jax.jit(sw).lower(inputs).compile(), (inputs,))
+        t = median_time(jax.jit(sw).lower(inputs).compile(), inputs)
         p = _param_count(widths)
         rate = 2 * 64 * p**2 / t / 1e9
-        echo(f"  P={p:<6} N=64  {1e3 * t:9.1f} ms  {rate:6.1f} GFLOP/s  ({100 * rate / peak:.0f}% of peak)")
+        echo(f"  P={p:<6} N=64  {1e3 * t:9.1f} ms  {rate:6.1f} GFLOP/s  "
+             f"({100 * rate / peak:.0f}% of peak)")
 
     widths = [64, 64, 64, 10]
     inputs, sw, ad, unchunked = _fns(widths, 1024, device)
@@ -109,12 +109,13 @@ def extra(*, device, echo=print):
         need_sw, need_ad = sum(_memory(sw, inputs)), sum(_memory(ad, inputs))
         p = _param_count(widths)
         fits = need_sw <= available - HEADROOM
-        echo(f"  P={p:<7} stagewise needs {need_sw / GIB:6.2f} GiB, jax.hessian {need_ad / GIB:6.2f} GiB")
+        echo(f"  P={p:<7} stagewise needs {need_sw / GIB:6.2f} GiB, "
+             f"jax.hessian {need_ad / GIB:6.2f} GiB")
         if not fits:
             echo(f"  stagewise would exceed the budget here; largest P that fits: {last_fit}")
             return
         if need_ad > total:
-            t = _median_time(jax.jit(sw).lower(inputs).compile(), (inputs,), repeats=1)
+            t = median_time(jax.jit(sw).lower(inputs).compile(), inputs, repeats=1)
             echo(f"  largest P: {p} — stagewise ran in {t:.1f} s; jax.hessian needs "
                  f"{need_ad / GIB:.1f} GiB > {total / GIB:.1f} GiB physical")
             return
