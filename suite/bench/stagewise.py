@@ -57,8 +57,7 @@ def _fns(widths, n, device):
         return autodiff.hessian(mlp.loss, i["params"], i["x"], i["y"], **KW)
 
     def unchunked(i):
-        return stagewise._curvature(i["params"], i["x"], i["y"], **KW, f2=True, cross=True,
-                                    chunk_bytes=None)
+        return stagewise.curvature(i["params"], i["x"], i["y"], **KW, chunk_bytes=None)
 
     return inputs, sw, ad, unchunked
 
