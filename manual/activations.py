@@ -16,7 +16,8 @@ all elementwise and dtype-preserving. The first derivative drives backprop
 ``df_from(z, a)`` is f'(z) given a = f(z) as the forward pass already computed it:
 backprop keeps the activations, so tanh' = 1 - a² and sigmoid' = a (1 - a) cost one
 multiply instead of a second transcendental (what JAX's autodiff does too); the others
-fall back to ``df(z)``.
+fall back to ``df(z)``. ``d2f_from(z, a)`` is the same for f'' (tanh'' = -2 a (1 - a²),
+sigmoid'' = a (1 - a)(1 - 2a)).
 
 Extension point: wherever ``manual.mlp`` and ``manual.stagewise`` take ``activation=``,
 they accept a name in ``ACTIVATIONS``, an ``Activation`` of the user's own (its three
@@ -66,6 +67,7 @@ class Activation:
         Only second-order code (manual.stagewise) calls ``d2f``.
       df_from_output: optional a -> f'(z) given a = f(z), where f' is a cheaper function
         of the output (tanh: 1 - a², sigmoid: a (1 - a)); by default f' is ``df(z)``.
+      d2f_from_output: the same for f'' (tanh: -2 a (1 - a²)); by default ``d2f(z)``.
 
     Raises:
       ValueError: a name that is not a string, or f, df, d2f, df_from_output not callable.
@@ -80,22 +82,28 @@ class Activation:
         [2.0, 2.0]
     """
 
-    def __init__(self, name: str, f, df, d2f, *, df_from_output=None):
+    def __init__(self, name: str, f, df, d2f, *, df_from_output=None, d2f_from_output=None):
         if not isinstance(name, str):
             raise ValueError(f"Activation name must be a string, got {type(name).__name__}")
         for arg, fn in (("f", f), ("df", df), ("d2f", d2f)):
             if not callable(fn):
                 raise ValueError(f"Activation {name!r}: {arg} must be callable, got "
                                  f"{type(fn).__name__}")
-        if df_from_output is not None and not callable(df_from_output):
-            raise ValueError(f"Activation {name!r}: df_from_output must be callable or None, "
-                             f"got {type(df_from_output).__name__}")
+        for arg, fn in (("df_from_output", df_from_output),
+                        ("d2f_from_output", d2f_from_output)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"Activation {name!r}: {arg} must be callable or None, "
+                                 f"got {type(fn).__name__}")
         self.name, self.f, self.df, self.d2f = name, f, df, d2f
-        self.df_from_output = df_from_output
+        self.df_from_output, self.d2f_from_output = df_from_output, d2f_from_output
 
     def df_from(self, z: Array, a: Array) -> Array:
         """f'(z) given a = f(z), reusing a where f' is a function of f (tanh, sigmoid)."""
         return self.df(z) if self.df_from_output is None else self.df_from_output(a)
+
+    def d2f_from(self, z: Array, a: Array) -> Array:
+        """f''(z) given a = f(z), reusing a where f'' is a function of f (tanh, sigmoid)."""
+        return self.d2f(z) if self.d2f_from_output is None else self.d2f_from_output(a)
 
     def __repr__(self):
         if ACTIVATIONS.get(self.name) is self:
@@ -137,6 +145,7 @@ sigmoid = Activation(
     df=lambda z: _sigmoid(z) * (1 - _sigmoid(z)),
     d2f=_sigmoid_d2f,
     df_from_output=lambda s: s * (1 - s),
+    d2f_from_output=lambda s: s * (1 - s) * (1 - 2 * s),
 )
 
 
@@ -152,6 +161,7 @@ tanh = Activation(
     df=lambda z: _one_minus_square(jnp.tanh(z)),
     d2f=lambda z: -2 * jnp.tanh(z) * _one_minus_square(jnp.tanh(z)),
     df_from_output=_one_minus_square,
+    d2f_from_output=lambda t: -2 * t * _one_minus_square(t),
 )
 
 softplus = Activation(

@@ -6,14 +6,14 @@ mse (float targets y: (N, M))::
 
     E      = 1/(2N) Σₙ ||zₙ - yₙ||²
     dE/dz  = (z - y) / N
-    Hₙ     = ∂²(½||zₙ - yₙ||²)/∂zₙ² = I_M
+    Hₙ     = ∂²(½||zₙ - yₙ||²)/∂zₙ² = I_M,     Hₙ v = v
 
 softmax_cross_entropy (integer labels y: (N,), 0 <= yₙ < M)::
 
     pₙ     = softmax(zₙ),   lseₙ = log Σₘ exp(zₙₘ)
     E      = 1/N Σₙ (lseₙ - zₙ,yₙ)
     dE/dz  = (p - onehot(y)) / N                (Sadowski, "Notes on Backpropagation")
-    Hₙ     = diag(pₙ) - pₙ pₙᵀ
+    Hₙ     = diag(pₙ) - pₙ pₙᵀ,     Hₙ v = pₙ ⊙ (v - pₙ·v)
 
 ``hessian`` returns each sample's own Hessian Hₙ, not divided by N (the stagewise
 Hessian divides once, at the end).
@@ -84,6 +84,9 @@ class Loss:
       check: optional (logits, y) -> None raising ValueError on bad input, run at trace
         time before each of the three; by default logits must be float (N, M) and y
         have N rows.
+      hessian_vp: optional (logits, y, v) -> (N, M), each sample's Hessian times its row
+        of v (no 1/N), for Hessian-vector products that need not form (N, M, M); by
+        default the product with ``hessian``.
 
     Raises:
       ValueError: a name that is not a string, or value, grad, hessian, check not callable.
@@ -100,18 +103,20 @@ class Loss:
         [[0.5], [0.5]]
     """
 
-    def __init__(self, name: str, value, grad, hessian, *, check=None):
+    def __init__(self, name: str, value, grad, hessian, *, check=None, hessian_vp=None):
         if not isinstance(name, str):
             raise ValueError(f"Loss name must be a string, got {type(name).__name__}")
         for arg, fn in (("value", value), ("grad", grad), ("hessian", hessian)):
             if not callable(fn):
                 raise ValueError(f"Loss {name!r}: {arg} must be callable, got "
                                  f"{type(fn).__name__}")
-        if check is not None and not callable(check):
-            raise ValueError(f"Loss {name!r}: check must be callable or None, got "
-                             f"{type(check).__name__}")
+        for arg, fn in (("check", check), ("hessian_vp", hessian_vp)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"Loss {name!r}: {arg} must be callable or None, got "
+                                 f"{type(fn).__name__}")
         self.name, self._value, self._grad, self._hessian = name, value, grad, hessian
         self._check = _check_batch if check is None else check
+        self._hessian_vp = hessian_vp
 
     def value(self, logits: ArrayLike, y: ArrayLike) -> Array:
         """The batch-mean loss, a scalar of the logits' dtype."""
@@ -127,6 +132,13 @@ class Loss:
         """Each sample's own loss Hessian in its logits, (N, M, M) (not divided by N)."""
         self._check(logits, y)
         return self._hessian(logits, y)
+
+    def hessian_vp(self, logits: ArrayLike, y: ArrayLike, v: ArrayLike) -> Array:
+        """Each sample's Hessian times its row of v, (N, M) (not divided by N)."""
+        self._check(logits, y)
+        if self._hessian_vp is not None:
+            return self._hessian_vp(logits, y, v)
+        return jnp.einsum("nab,nb->na", self._hessian(logits, y), v)
 
     def __repr__(self):
         if LOSSES.get(self.name) is self:
@@ -216,9 +228,15 @@ def _ce_hessian(z, y):
     return p[:, :, None] * eye[None, :, :] - p[:, :, None] * p[:, None, :]
 
 
-mse = Loss("mse", _mse_value, _mse_grad, _mse_hessian, check=_check_mse)
+def _ce_hessian_vp(z, y, v):
+    p = jnp.exp(_log_softmax(z))  # (diag p - p pᵀ) v = p ⊙ (v - p·v)
+    return p * (v - jnp.sum(p * v, axis=1, keepdims=True))
+
+
+mse = Loss("mse", _mse_value, _mse_grad, _mse_hessian, check=_check_mse,
+           hessian_vp=lambda z, y, v: v)
 softmax_cross_entropy = Loss("softmax_cross_entropy", _ce_value, _ce_grad, _ce_hessian,
-                             check=_check_labels)
+                             check=_check_labels, hessian_vp=_ce_hessian_vp)
 
 LOSSES = {loss.name: loss for loss in (mse, softmax_cross_entropy)}
 

@@ -202,13 +202,14 @@ class _Net:
         return _Net(self.w, self.acts, a, z, delta_top, omega_top)
 
 
-def _top(params, x, y, activation, loss):
-    """Forward stages and the top costates δ_L = ℓ'/N, Ω_L = ℓ''/N (per sample)."""
+def _top(params, x, y, activation, loss, *, second=True):
+    """Forward stages and the top costates δ_L = ℓ'/N and (with ``second``) Ω_L = ℓ''/N
+    (per sample); the R-passes need only products with Ω_L (``_r_top``)."""
     a, z = _mlp.stages(params, x, activation=activation)
     fn = _losses.get(loss)
     acts = _activations.per_layer(activation, len(params) - 1)
-    return _Net([w for w, _ in params], acts, a, z, fn.grad(z[-1], y),
-                fn.hessian(z[-1], y) / x.shape[0])
+    omega_top = fn.hessian(z[-1], y) / x.shape[0] if second else None
+    return _Net([w for w, _ in params], acts, a, z, fn.grad(z[-1], y), omega_top)
 
 
 class _Costates:
@@ -229,7 +230,7 @@ def _costates(net, *, f2, first_diagonal=False):
         back = delta[l + 1] @ w[l + 1].T                                 # δ_{l+1} W_{l+1}ᵀ
         delta[l] = df[l] * back
         wo = jnp.einsum("kr,nrs->nks", w[l + 1], omega[l + 1])          # W Ω
-        curv = net.acts[l].d2f(net.z[l]) * back                          # f'' ⊙ δ Wᵀ
+        curv = net.acts[l].d2f_from(net.z[l], net.a[l + 1]) * back       # f'' ⊙ δ Wᵀ
         if first_diagonal and l == 0:  # only diag(W Ω Wᵀ): a row-wise dot, no product
             omega[l] = df[l] ** 2 * jnp.einsum("nks,ks->nk", wo, w[l + 1])
             if f2:
@@ -715,27 +716,42 @@ def _check_v(params, v):
                                  f"dtype {jnp.result_type(t)}")
 
 
-def _r_pass(params, net, v, l2):
-    """Pearlmutter's forward and backward R-passes over kept stages: H v, params-shaped."""
+def _r_top(loss, net, y):
+    """R{z_L} -> R{δ_L} = ℓ''(z_L) R{z_L} / N, by the loss's Hessian-vector product."""
+    fn, logits = _losses.get(loss), net.z[-1]
+    return lambda r_z: fn.hessian_vp(logits, y, r_z) / logits.shape[0]
+
+
+def _r_pass(params, net, v, l2, r_top):
+    """Pearlmutter's forward and backward R-passes over kept stages: H v, params-shaped.
+
+    R{a_0} = 0 is kept symbolic (None): the products it would enter are skipped, as is
+    λ V for a literal λ = 0. ``r_top`` maps R{z_L} to R{δ_L} = ℓ''(z_L) R{z_L} / N.
+    """
     a, z, acts = net.a, net.z, net.acts
-    n_layers, x = len(params), a[0]
-    r_a, r_z = [jnp.zeros_like(x)], []  # forward R-pass
+    n_layers = len(params)
+    r_a, r_z = [None], []  # forward R-pass; R{a_0} = 0
     for l, ((wl, _), (vw, vb)) in enumerate(zip(params, v, strict=True)):
-        r_z.append(r_a[l] @ wl + a[l] @ vw + vb[None, :])
+        r_z.append(a[l] @ vw + vb[None, :] + (0 if r_a[l] is None else r_a[l] @ wl))
         if l < n_layers - 1:
             r_a.append(acts[l].df_from(z[l], a[l + 1]) * r_z[l])
 
     delta = net.delta_top  # backward R-pass
-    r_delta = jnp.einsum("nab,nb->na", net.omega_top, r_z[-1])
+    r_delta = r_top(r_z[-1])  # R{δ_L} = ℓ'' R{z_L} / N
     out = [None] * n_layers
     for l in range(n_layers - 1, -1, -1):
         wl, vw = params[l][0], v[l][0]
-        out[l] = (r_a[l].T @ delta + a[l].T @ r_delta + jnp.asarray(l2, x.dtype) * vw,
-                  r_delta.sum(axis=0))
+        dw = a[l].T @ r_delta
+        if r_a[l] is not None:
+            dw = dw + r_a[l].T @ delta
+        if _has_l2(l2):
+            dw = dw + jnp.asarray(l2, dw.dtype) * vw
+        out[l] = (dw, r_delta.sum(axis=0))
         if l > 0:
             back, r_back = delta @ wl.T, r_delta @ wl.T + delta @ vw.T
             df = acts[l - 1].df_from(z[l - 1], a[l])
-            r_delta = acts[l - 1].d2f(z[l - 1]) * r_z[l - 1] * back + df * r_back
+            d2f = acts[l - 1].d2f_from(z[l - 1], a[l])
+            r_delta = d2f * r_z[l - 1] * back + df * r_back
             delta = df * back
     return tuple(out)
 
@@ -757,9 +773,9 @@ def hvp(params: Params, x: ArrayLike, y: ArrayLike, v: Params, *,
       H v, params-shaped, in the dtype of x.
     """
     _check_l2(l2)
-    net = _top(params, x, y, activation, loss)
+    net = _top(params, x, y, activation, loss, second=False)
     _check_v(params, v)
-    return _r_pass(params, net, v, l2)
+    return _r_pass(params, net, v, l2, _r_top(loss, net, y))
 
 
 def hessian_matvec(params: Params, x: ArrayLike, y: ArrayLike, *,
@@ -789,7 +805,8 @@ def hessian_matvec(params: Params, x: ArrayLike, y: ArrayLike, *,
         True
     """
     _check_l2(l2)
-    net = _top(params, x, y, activation, loss)
+    net = _top(params, x, y, activation, loss, second=False)
+    r_top = _r_top(loss, net, y)
     offsets, sizes = layout(params)
     total = sum(sizes)
 
@@ -801,7 +818,7 @@ def hessian_matvec(params: Params, x: ArrayLike, y: ArrayLike, *,
         for (w, b), off in zip(params, offsets, strict=True):
             tree.append((v[off:off + w.size].reshape(w.shape),
                          v[off + w.size:off + w.size + b.size]))
-        out = _r_pass(params, net, tree, l2)
+        out = _r_pass(params, net, tree, l2, r_top)
         return jnp.concatenate([t.ravel() for pair in out for t in pair])
 
     return matvec

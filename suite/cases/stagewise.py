@@ -310,6 +310,8 @@ SLOW_TOOLKIT = (
     (blocks_case, _spec("gelu", "mse", 3, 7, 0.0)),
     (gn_diagonal_case, _spec("sigmoid", "softmax_cross_entropy", 4, 7, 0.1)),
     (hessian_case, _spec(PER_LAYER[:3], HUBER, 4, 7, 0.1)),
+    (hvp_case, _spec(PER_LAYER[:3], HUBER, 4, 7, 0.1)),
+    (hvp_case, _spec(SILU, BINARY_LOGISTIC, 3, 16, 0.0)),
 )
 
 

@@ -110,3 +110,10 @@ def test_per_layer_resolves_names_objects_and_sequences():
 def test_bad_per_layer_activations_are_value_errors(activation, pattern):
     with pytest.raises(ValueError, match=pattern):
         activations.per_layer(activation, 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_d2f_from_output_agrees(name):
+    act = activations.get(name)
+    z = _z()
+    np.testing.assert_allclose(act.d2f_from(z, act.f(z)), act.d2f(z), rtol=1e-13, atol=1e-15)

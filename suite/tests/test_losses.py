@@ -156,3 +156,14 @@ def test_a_user_loss_is_checked_by_default():
         mine.hessian(jnp.ones((6, 4), jnp.int32), z)
     with pytest.raises(ValueError, match=r"logits must have rank 2"):
         jax.jit(mine.grad)(z[0], z[0])
+
+
+@pytest.mark.parametrize("loss", ["mse", "softmax_cross_entropy", "user"])
+def test_hessian_vector_product_is_the_hessian_times_v(loss):
+    # mse and cross-entropy write H v without forming H; a user's Loss falls back to H @ v
+    fn = _half_square() if loss == "user" else losses.get(loss)
+    z, v = _logits(), _logits(seed=8)
+    y = jnp.asarray([0, 3, 1, 2, 2, 0]) if loss == "softmax_cross_entropy" else _logits(seed=5)
+    hv = fn.hessian_vp(z, y, v)
+    np.testing.assert_allclose(hv, np.einsum("nab,nb->na", fn.hessian(z, y), v), rtol=1e-14,
+                               atol=1e-15)
