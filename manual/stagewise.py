@@ -70,17 +70,25 @@ M_l per stage (the invariant-imbedding recursion of the mixed costates)::
 the samples, H_lm = Σₙ â_{l-1}ᵀ Γ_lm, and H_ml = H_lmᵀ.
 
 Assembly: the output is written once, in place. A tile is all P_l rows of block row l
-against a chunk of c input rows j of Ŵ_m (c n_m columns): one matrix product
-(n_{l-1}+1, N) @ (N, n_l c n_m) whose right factor, that chunk of Γ_lm, is formed just
-before it and is small (N n_l c n_m numbers, a few MiB, where the whole Γ_lm can be as
-large as the block). The tile goes to its place in the one (P, P) buffer, and for l < m
-its transpose to the mirrored place, so every off-diagonal pair is exactly transposed
-and nothing is computed twice. A diagonal block is done in B bands of columns, each
-band down to its own last row only, the part of the band above its first row mirrored:
-(B + 1) / 2B of its products. The tiles run in a lax.fori_loop per (l, m) pair and band,
-each a (P, P) dynamic-update-slice in place: no (P, P) temporary, no zero-filled
-intermediate, no full transpose. A diagonal block is symmetric to rounding only (Ω_l
-is); symmetrising it would cost a pass over half the matrix for no accuracy.
+against one input row j of Ŵ_m (n_m columns; c rows for layers narrower than 4): one
+matrix product (n_{l-1}+1, N) @ (N, n_l n_m)::
+
+    tile[(i,k), q] = Σₙ (â_{l-1}[n, i] â_{m-1}[n, j]) Y_lm[n, k, q]    (+ the cross term)
+
+The factor â_{m-1}[j] scales the small left operand, so Γ_lm (as large as the block when
+N ~ n) is never formed and Y_lm is read as it is, staying in cache from tile to tile.
+The cross term A_lm[k, j] δ_m[q] is a product of its own: for adjacent layers
+(A_{m-1,m} = D_{m-1}) it lives on the rows (i, k = j) alone, Σₙ â_{l-1}[n, i] f'[n, j] δ_m[n, q];
+further apart (A dense) that tile's chunk of Γ is formed (N n_l n_m numbers). The tile
+goes to its place in the one (P, P) buffer, and for l < m its transpose to the mirrored
+place, so every off-diagonal pair is exactly transposed and nothing is computed twice. A
+diagonal block is done in B bands of columns, each band down to its own last row only,
+the part of the band above its first row mirrored: (B + 1) / 2B of its products. The
+tiles run in a lax.fori_loop per (l, m) pair and band, each a dynamic-update-slice in
+place: no (P, P) temporary, no zero-filled intermediate, no full transpose. A diagonal
+block is symmetric to rounding only (Ω_l is); symmetrising it would cost a pass over half
+the matrix for no accuracy. Flops: 2 N [Σ_{l<m} P_l P_m + Σ_l (B+1)/2B P_l²], about
+0.55-0.6 of the 2 N P² of all entries for two equal hidden layers.
 
 Rows. ``hessian_rows(start, stop)`` is the same tiles restricted to the rows of θ in
 [start, stop): blocks to the right (m >= l) by product with those rows of â_{l-1}ᵀ,
@@ -144,9 +152,11 @@ __all__ = ["CHUNK_BYTES", "curvature", "gauss_newton", "gauss_newton_diagonal", 
 
 # Bound on one sample chunk's costates (bytes); beyond it, samples are chunked.
 CHUNK_BYTES = 256 * 2**20
-# A tile covers about this many columns (c n_m): with N = 64 and n_l ~ 70 its chunk of Γ
-# and the tile itself are ~2.5 MiB each, in cache next to the product that uses them.
-TILE_COLUMNS = 96
+# A tile covers c = max(1, TILE_COLUMNS // n_m) input rows j of Ŵ_m (c n_m columns). One
+# row (c = 1) lets the tile skip Γ altogether (_tile_scaled); measured on the bench shapes
+# (tanh, N = 64, P = 970 / 3050 / 10230, CPU time, interleaved medians) c = 1 beat ~96
+# columns by 30% / 16% / even. Only layers narrower than TILE_COLUMNS / 2 group rows.
+TILE_COLUMNS = 8
 # Bands per diagonal block (see the module doc): (B + 1) / 2B of its products.
 BANDS = 4
 
@@ -339,18 +349,45 @@ def _mixed(net, cs, m, *, cross):
     return y_all, a_all
 
 
-def _tile(a_t, a_hat_m, y_lm, a_lm, delta_m, j0, width):
-    """Σₙ â_{l-1}[n, rows]ᵀ Γ_lm[n, :, j0:j0+width, :] -> (rows n_l, width n_m).
+class _Pair:
+    """The factors of the tiles of H_lm: rows of â_{l-1}ᵀ, â_{m-1}ᵀ, Y_lm, A_lm (None
+    without the cross term, or where it is the diagonal D_{m-1}: ``df_t`` = D_{m-1}ᵀ), δ_m."""
 
-    ``a_t`` is those rows of â_{l-1}ᵀ, row-major (see _transposed).
-    """
-    a_c = lax.dynamic_slice_in_dim(a_hat_m, j0, width, axis=1)                # â_{m-1}
-    gamma = a_c[:, None, :, None] * y_lm[:, :, None, :]                       # â ⊗ Y_lm
-    if a_lm is not None:  # + A_lm ⊗ δ_m (A_lm has a zero bias column)
-        a_part = lax.dynamic_slice_in_dim(a_lm, j0, width, axis=2)
-        gamma = gamma + a_part[:, :, :, None] * delta_m[:, None, None, :]
+    def __init__(self, a_t, a_t_m, y_lm, a_lm, delta_m, df_t):
+        self.a_t, self.a_t_m, self.y_lm, self.a_lm = a_t, a_t_m, y_lm, a_lm
+        self.delta_m, self.df_t = delta_m, df_t
+
+
+def _tile(pair, j0, width):
+    """Σₙ â_{l-1}[n, rows]ᵀ Γ_lm[n, :, j0:j0+width, :] -> (rows n_l, width n_m)."""
+    if width == 1 and pair.a_lm is None:
+        return _tile_scaled(pair, j0)
+    a_c = lax.dynamic_slice_in_dim(pair.a_t_m, j0, width, axis=0).T          # â_{m-1}
+    gamma = a_c[:, None, :, None] * pair.y_lm[:, :, None, :]                 # â ⊗ Y_lm
+    if pair.a_lm is not None:  # + A_lm ⊗ δ_m (A_lm has a zero bias column)
+        a_part = lax.dynamic_slice_in_dim(pair.a_lm, j0, width, axis=2)
+        gamma = gamma + a_part[:, :, :, None] * pair.delta_m[:, None, None, :]
     n, k, j, q = gamma.shape
-    return (a_t @ gamma.reshape(n, k * j * q)).reshape(a_t.shape[0] * k, j * q)
+    return (pair.a_t @ gamma.reshape(n, k * j * q)).reshape(pair.a_t.shape[0] * k, j * q)
+
+
+def _tile_scaled(pair, j0):
+    """One input row j of Ŵ_m without forming Γ: the â_{m-1}[j] factor scales the small
+    left operand instead of Y_lm, Σₙ (â_{l-1}[n, i] â_{m-1}[n, j]) Y_lm[n, k, q], and Y_lm
+    is read as it is (it stays in cache from tile to tile). Where A_lm = D_{m-1} (l = m-1)
+    its cross term lives on the rows (i, k = j) alone: Σₙ â_{l-1}[n, i] f'_{m-1}[n, j] δ_m[n, q]
+    (nothing on the bias row j = n_{m-1})."""
+    a_j = lax.dynamic_slice_in_dim(pair.a_t_m, j0, 1, axis=0)                 # (1, N)
+    rows = pair.a_t.shape[0]
+    n, k, q = pair.y_lm.shape
+    tile = ((pair.a_t * a_j) @ pair.y_lm.reshape(n, k * q)).reshape(rows, k, q)
+    if pair.df_t is not None:
+        jc = jnp.minimum(j0, k - 1)  # the bias row adds zero: any in-range row will do
+        d_j = lax.dynamic_slice_in_dim(pair.df_t, jc, 1, axis=0)              # (1, N)
+        cross = ((pair.a_t * d_j) @ pair.delta_m) * jnp.asarray(j0 < k, tile.dtype)
+        row = lax.dynamic_slice(tile, (0, jc, 0), (rows, 1, q)) + cross[:, None, :]
+        tile = lax.dynamic_update_slice(tile, row, (0, jc, 0))
+    return tile.reshape(rows * k, q)
 
 
 def _transposed(a_hat):
@@ -389,14 +426,14 @@ class _Job:
         self.direct, self.mirror, self.mirror_rows = direct, mirror, mirror_rows
 
 
-def _strip(buf, job, a_t, a_hat_m, y_lm, a_lm, delta_m, k_l, accumulate):
+def _strip(buf, job, pair, k_l, accumulate):
     """Every tile of ``job`` into ``buf``: a fori_loop over chunks of j, then the rest."""
-    n_out = delta_m.shape[1]
+    n_out = pair.delta_m.shape[1]
     width = _chunk_width(n_out)
     lo, hi = job.cols
 
     def body(buf, j0, w):
-        tile = _tile(a_t, a_hat_m, y_lm, a_lm, delta_m, j0, w)
+        tile = _tile(pair, j0, w)
         shift = (j0 - lo) * n_out
         if job.direct is not None:
             buf = _put(buf, tile, job.direct[0], job.direct[1] + shift, accumulate)
@@ -423,9 +460,11 @@ def _assemble(bufs, net, cs, jobs, *, cross, accumulate):
         y_all, a_all = _mixed(net, cs, m, cross=cross)
         for job in (job for job in jobs if job.m == m):
             l = job.l
-            bufs[job.buf] = _strip(bufs[job.buf], job, a_t[l][job.rows[0]:job.rows[1]],
-                                   cs.a_hat[m], y_all[l], a_all[l], cs.delta[m],
-                                   net.w[l].shape[1], accumulate)
+            adjacent = cross and l == m - 1 and _chunk_width(net.w[m].shape[1]) == 1
+            pair = _Pair(a_t[l][job.rows[0]:job.rows[1]], a_t[m], y_all[l],
+                         None if adjacent else a_all[l], cs.delta[m],
+                         cs.df[m - 1].T if adjacent else None)
+            bufs[job.buf] = _strip(bufs[job.buf], job, pair, net.w[l].shape[1], accumulate)
     return tuple(bufs)
 
 
