@@ -152,10 +152,14 @@ __all__ = ["CHUNK_BYTES", "curvature", "gauss_newton", "gauss_newton_diagonal", 
 
 # Bound on one sample chunk's costates (bytes); beyond it, samples are chunked.
 CHUNK_BYTES = 256 * 2**20
-# A tile covers c = max(1, TILE_COLUMNS // n_m) input rows j of Ŵ_m (c n_m columns). One
-# row (c = 1) lets the tile skip Γ altogether (_tile_scaled); measured on the bench shapes
-# (tanh, N = 64, P = 970 / 3050 / 10230, CPU time, interleaved medians) c = 1 beat ~96
-# columns by 30% / 16% / even. Only layers narrower than TILE_COLUMNS / 2 group rows.
+# A loop step covers STACK input rows j of Ŵ_m where the tiles need no Γ (diagonal blocks,
+# adjacent layers, Gauss-Newton): one product whose left operand stacks STACK scaled
+# copies of â_{l-1}ᵀ. Measured on the bench shapes (tanh, N = 64, P = 970 / 3050 / 10230,
+# CPU time, interleaved medians) 1, 2 and 4 are equal within the noise of this machine and
+# 8 is slower; 1 keeps the smallest tiles in cache. Elsewhere (a chunk of Γ is formed) a
+# step covers max(1, TILE_COLUMNS // n_m) rows: one row beat ~96 columns by 30% / 16% /
+# even on the same shapes (before the scaled tiles, which need no Γ at all).
+STACK = 1
 TILE_COLUMNS = 8
 # Bands per diagonal block (see the module doc): (B + 1) / 2B of its products.
 BANDS = 4
@@ -358,36 +362,42 @@ class _Pair:
         self.delta_m, self.df_t = delta_m, df_t
 
 
-def _tile(pair, j0, width):
-    """Σₙ â_{l-1}[n, rows]ᵀ Γ_lm[n, :, j0:j0+width, :] -> (rows n_l, width n_m)."""
-    if width == 1 and pair.a_lm is None:
-        return _tile_scaled(pair, j0)
+def _tiles(pair, j0, width):
+    """[(tile, jj)]: Σₙ â_{l-1}[n, rows]ᵀ Γ_lm[n, :, j, :] for j = j0 .. j0 + width - 1, the
+    tile of row j0 + jj at offset jj (in input rows j) from j0."""
+    if pair.a_lm is None:
+        return _tiles_scaled(pair, j0, width)
     a_c = lax.dynamic_slice_in_dim(pair.a_t_m, j0, width, axis=0).T          # â_{m-1}
     gamma = a_c[:, None, :, None] * pair.y_lm[:, :, None, :]                 # â ⊗ Y_lm
-    if pair.a_lm is not None:  # + A_lm ⊗ δ_m (A_lm has a zero bias column)
-        a_part = lax.dynamic_slice_in_dim(pair.a_lm, j0, width, axis=2)
-        gamma = gamma + a_part[:, :, :, None] * pair.delta_m[:, None, None, :]
+    # + A_lm ⊗ δ_m (A_lm has a zero bias column)
+    a_part = lax.dynamic_slice_in_dim(pair.a_lm, j0, width, axis=2)
+    gamma = gamma + a_part[:, :, :, None] * pair.delta_m[:, None, None, :]
     n, k, j, q = gamma.shape
-    return (pair.a_t @ gamma.reshape(n, k * j * q)).reshape(pair.a_t.shape[0] * k, j * q)
+    return [((pair.a_t @ gamma.reshape(n, k * j * q)).reshape(pair.a_t.shape[0] * k, j * q),
+             0)]
 
 
-def _tile_scaled(pair, j0):
-    """One input row j of Ŵ_m without forming Γ: the â_{m-1}[j] factor scales the small
-    left operand instead of Y_lm, Σₙ (â_{l-1}[n, i] â_{m-1}[n, j]) Y_lm[n, k, q], and Y_lm
-    is read as it is (it stays in cache from tile to tile). Where A_lm = D_{m-1} (l = m-1)
-    its cross term lives on the rows (i, k = j) alone: Σₙ â_{l-1}[n, i] f'_{m-1}[n, j] δ_m[n, q]
-    (nothing on the bias row j = n_{m-1})."""
-    a_j = lax.dynamic_slice_in_dim(pair.a_t_m, j0, 1, axis=0)                 # (1, N)
-    rows = pair.a_t.shape[0]
-    n, k, q = pair.y_lm.shape
-    tile = ((pair.a_t * a_j) @ pair.y_lm.reshape(n, k * q)).reshape(rows, k, q)
+def _tiles_scaled(pair, j0, width):
+    """``width`` input rows j of Ŵ_m without forming Γ: the â_{m-1}[j] factor scales the
+    small left operand instead of Y_lm, Σₙ (â_{l-1}[n, i] â_{m-1}[n, j]) Y_lm[n, k, q], one
+    product for all of them (the left operands stacked), and Y_lm is read as it is (it
+    stays in cache from tile to tile). Where A_lm = D_{m-1} (l = m-1) its cross term lives
+    on the rows (i, k = j) alone: Σₙ â_{l-1}[n, i] f'_{m-1}[n, j] δ_m[n, q] (nothing on the
+    bias row j = n_{m-1})."""
+    rows, n = pair.a_t.shape
+    _, k, q = pair.y_lm.shape
+    a_c = lax.dynamic_slice_in_dim(pair.a_t_m, j0, width, axis=0)             # (c, N)
+    left = (a_c[:, None, :] * pair.a_t[None, :, :]).reshape(width * rows, n)
+    out = (left @ pair.y_lm.reshape(n, k * q)).reshape(width, rows, k, q)
     if pair.df_t is not None:
-        jc = jnp.minimum(j0, k - 1)  # the bias row adds zero: any in-range row will do
-        d_j = lax.dynamic_slice_in_dim(pair.df_t, jc, 1, axis=0)              # (1, N)
-        cross = ((pair.a_t * d_j) @ pair.delta_m) * jnp.asarray(j0 < k, tile.dtype)
-        row = lax.dynamic_slice(tile, (0, jc, 0), (rows, 1, q)) + cross[:, None, :]
-        tile = lax.dynamic_update_slice(tile, row, (0, jc, 0))
-    return tile.reshape(rows * k, q)
+        js = j0 + jnp.arange(width)
+        jc = jnp.minimum(js, k - 1)  # the bias row adds zero: any in-range row will do
+        d = pair.df_t[jc]                                                    # (c, N)
+        cross = ((d[:, None, :] * pair.a_t[None, :, :]).reshape(width * rows, n)
+                 @ pair.delta_m).reshape(width, rows, q)
+        cross = cross * (js < k).astype(cross.dtype)[:, None, None]
+        out = out.at[jnp.arange(width), :, jc, :].add(cross)
+    return [(out[jj].reshape(rows * k, q), jj) for jj in range(width)]
 
 
 def _transposed(a_hat):
@@ -400,9 +410,10 @@ def _transposed(a_hat):
     return lax.optimization_barrier(a_hat.T)
 
 
-def _chunk_width(n_out):
-    """Input rows j of Ŵ_m per tile: about TILE_COLUMNS columns."""
-    return max(1, TILE_COLUMNS // n_out)
+def _chunk_width(n_out, scaled):
+    """Input rows j of Ŵ_m per loop step: STACK for the scaled tiles (one product for all),
+    else about TILE_COLUMNS columns (one chunk of Γ)."""
+    return STACK if scaled else max(1, TILE_COLUMNS // n_out)
 
 
 def _put(buf, block, row, col, accumulate):
@@ -429,17 +440,17 @@ class _Job:
 def _strip(buf, job, pair, k_l, accumulate):
     """Every tile of ``job`` into ``buf``: a fori_loop over chunks of j, then the rest."""
     n_out = pair.delta_m.shape[1]
-    width = _chunk_width(n_out)
+    width = _chunk_width(n_out, pair.a_lm is None)
     lo, hi = job.cols
 
     def body(buf, j0, w):
-        tile = _tile(pair, j0, w)
-        shift = (j0 - lo) * n_out
-        if job.direct is not None:
-            buf = _put(buf, tile, job.direct[0], job.direct[1] + shift, accumulate)
-        if job.mirror is not None and job.mirror_rows != 0:  # H_ml = H_lmᵀ
-            mirror = tile if job.mirror_rows is None else tile[:job.mirror_rows * k_l]
-            buf = _put(buf, mirror.T, job.mirror[0] + shift, job.mirror[1], accumulate)
+        for tile, jj in _tiles(pair, j0, w):
+            shift = (j0 + jj - lo) * n_out
+            if job.direct is not None:
+                buf = _put(buf, tile, job.direct[0], job.direct[1] + shift, accumulate)
+            if job.mirror is not None and job.mirror_rows != 0:  # H_ml = H_lmᵀ
+                mirror = tile if job.mirror_rows is None else tile[:job.mirror_rows * k_l]
+                buf = _put(buf, mirror.T, job.mirror[0] + shift, job.mirror[1], accumulate)
         return buf
 
     full, rest = divmod(hi - lo, width)
@@ -460,7 +471,7 @@ def _assemble(bufs, net, cs, jobs, *, cross, accumulate):
         y_all, a_all = _mixed(net, cs, m, cross=cross)
         for job in (job for job in jobs if job.m == m):
             l = job.l
-            adjacent = cross and l == m - 1 and _chunk_width(net.w[m].shape[1]) == 1
+            adjacent = cross and l == m - 1
             pair = _Pair(a_t[l][job.rows[0]:job.rows[1]], a_t[m], y_all[l],
                          None if adjacent else a_all[l], cs.delta[m],
                          cs.df[m - 1].T if adjacent else None)
@@ -486,7 +497,7 @@ def _block_jobs(buf, l, m, widths, row, col):
         return [_Job(buf, l, m, (0, widths[l] + 1), (0, n_in), (row, col), (col, row))]
     return [_Job(buf, m, m, (0, e1), (e0, e1), (row, col + e0 * n_out),
                  (row + e0 * n_out, col), mirror_rows=e0)
-            for e0, e1 in _bands(n_in, _chunk_width(n_out))]
+            for e0, e1 in _bands(n_in, _chunk_width(n_out, True))]
 
 
 def _chunks(n, per_sample_bytes, chunk_bytes):

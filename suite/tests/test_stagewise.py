@@ -248,11 +248,14 @@ def _toolkit_inputs(widths=(5, 7, 6, 3), n=9, loss="softmax_cross_entropy"):
 
 
 def test_tiles_bands_remainders_and_chunks_match_jax_hessian(monkeypatch):
-    # Tiles one input row wide and three bands per diagonal block on a small net: every
-    # fori_loop, remainder tile, band and mirrored band edge of the assembly runs, for the
-    # whole matrix and for row slabs (sample-chunked too; the whole matrix chunked:
-    # test_sample_chunking_matches_jax_hessian). hessian_blocks runs the same band jobs.
+    # Three input rows per loop step for the scaled tiles (stacked into one product), one
+    # per Γ tile, three bands per diagonal block, on a small net: every fori_loop,
+    # remainder step, band and mirrored band edge of the assembly runs, for the whole
+    # matrix and for row slabs (sample-chunked too; the whole matrix chunked:
+    # test_sample_chunking_matches_jax_hessian). hessian_blocks runs the same band jobs;
+    # the defaults (one row per step, wider Γ chunks for narrow layers) run in the registry.
     monkeypatch.setattr(stagewise, "TILE_COLUMNS", 4)
+    monkeypatch.setattr(stagewise, "STACK", 3)
     monkeypatch.setattr(stagewise, "BANDS", 3)
     i = _toolkit_inputs()
     p, x, y = i["params"], i["x"], i["y"]
