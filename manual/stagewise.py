@@ -161,6 +161,9 @@ CHUNK_BYTES = 256 * 2**20
 # even on the same shapes (before the scaled tiles, which need no Γ at all).
 STACK = 1
 TILE_COLUMNS = 8
+# A strip (or diagonal block) of at most SMALL entries is one step, without a loop or
+# bands: small nets compile as fast as a single product.
+SMALL = 2**18
 # Bands per diagonal block (see the module doc): (B + 1) / 2B of its products.
 BANDS = 4
 
@@ -397,7 +400,8 @@ def _tiles_scaled(pair, j0, width):
                  @ pair.delta_m).reshape(width, rows, q)
         cross = cross * (js < k).astype(cross.dtype)[:, None, None]
         out = out.at[jnp.arange(width), :, jc, :].add(cross)
-    return [(out[jj].reshape(rows * k, q), jj) for jj in range(width)]
+    # (c, i, k, q) -> rows (i, k), columns (j, q): a transpose in cache (none for c = 1)
+    return [(out.transpose(1, 2, 0, 3).reshape(rows * k, width * q), 0)]
 
 
 def _transposed(a_hat):
@@ -410,9 +414,12 @@ def _transposed(a_hat):
     return lax.optimization_barrier(a_hat.T)
 
 
-def _chunk_width(n_out, scaled):
+def _chunk_width(n_out, scaled, rows=None, n_cols=None):
     """Input rows j of Ŵ_m per loop step: STACK for the scaled tiles (one product for all),
-    else about TILE_COLUMNS columns (one chunk of Γ)."""
+    else about TILE_COLUMNS columns (one chunk of Γ); all of them at once (no loop at all)
+    when the whole strip, ``rows`` x ``n_cols`` input rows of n_m columns, is SMALL."""
+    if rows is not None and rows * n_cols * n_out <= SMALL:
+        return n_cols
     return STACK if scaled else max(1, TILE_COLUMNS // n_out)
 
 
@@ -440,8 +447,8 @@ class _Job:
 def _strip(buf, job, pair, k_l, accumulate):
     """Every tile of ``job`` into ``buf``: a fori_loop over chunks of j, then the rest."""
     n_out = pair.delta_m.shape[1]
-    width = _chunk_width(n_out, pair.a_lm is None)
     lo, hi = job.cols
+    width = _chunk_width(n_out, pair.a_lm is None, pair.a_t.shape[0] * k_l, hi - lo)
 
     def body(buf, j0, w):
         for tile, jj in _tiles(pair, j0, w):
@@ -490,11 +497,13 @@ def _block_jobs(buf, l, m, widths, row, col):
     """Jobs for the whole block H_lm at (row, col) and, for l < m, H_ml mirrored.
 
     A diagonal block goes in bands of columns, each down to its own last row; the rows
-    above the band are mirrored into the band's rows (module doc).
+    above the band are mirrored into the band's rows (module doc). A SMALL one is one step.
     """
     n_in, n_out = widths[m] + 1, widths[m + 1]
     if l < m:
         return [_Job(buf, l, m, (0, widths[l] + 1), (0, n_in), (row, col), (col, row))]
+    if (n_in * n_out) ** 2 <= SMALL:
+        return [_Job(buf, m, m, (0, n_in), (0, n_in), (row, col), None)]
     return [_Job(buf, m, m, (0, e1), (e0, e1), (row, col + e0 * n_out),
                  (row + e0 * n_out, col), mirror_rows=e0)
             for e0, e1 in _bands(n_in, _chunk_width(n_out, True))]

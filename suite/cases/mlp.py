@@ -115,7 +115,10 @@ def _forward_np(params, x, acts):
 def net_inputs(key, widths, n, dtype, *, activation, loss, margin=2e-3, tries=1000):
     """dict(params, x, y) for any activation (a name, an Activation, one per hidden layer)
     and any loss (a name or a Loss): kinked hidden layers keep |z| >= margin, a user's
-    loss gets its targets from ``custom_targets``."""
+    loss gets its targets from ``custom_targets``. Names alone: exactly ``mlp_inputs``."""
+    if isinstance(activation, str) and isinstance(loss, str):
+        return mlp_inputs(key, widths, n, dtype, loss=loss, activation=activation,
+                          margin=margin, tries=tries)
     acts = activations.per_layer(activation, len(widths) - 2)
     target_loss = loss if isinstance(loss, str) else "mse"
     rng_key = key
@@ -206,9 +209,6 @@ def net_case(name, widths, n, *, activation, loss, l2=0.0, tier="test", margin=2
     benchmarks (no finite differences, and both sides share JAX's kink convention) take 0.
     """
     def draw(key, dtype):
-        if isinstance(activation, str) and isinstance(loss, str):
-            return mlp_inputs(key, widths, n, dtype, loss=loss, activation=activation,
-                              margin=margin)
         return net_inputs(key, widths, n, dtype, activation=activation, loss=loss,
                           margin=margin)
 
