@@ -6,18 +6,34 @@ mse (float targets y: (N, M))::
 
     E      = 1/(2N) Σₙ ||zₙ - yₙ||²
     dE/dz  = (z - y) / N
-    Hₙ     = ∂²(½||zₙ - yₙ||²)/∂zₙ² = I_M
+    Hₙ     = ∂²(½||zₙ - yₙ||²)/∂zₙ² = I_M,     Hₙ v = v
 
 softmax_cross_entropy (integer labels y: (N,), 0 <= yₙ < M)::
 
     pₙ     = softmax(zₙ),   lseₙ = log Σₘ exp(zₙₘ)
     E      = 1/N Σₙ (lseₙ - zₙ,yₙ)
     dE/dz  = (p - onehot(y)) / N                (Sadowski, "Notes on Backpropagation")
-    Hₙ     = diag(pₙ) - pₙ pₙᵀ
+    Hₙ     = diag(pₙ) - pₙ pₙᵀ,     Hₙ v = pₙ ⊙ (v - pₙ·v)
 
 ``hessian`` returns each sample's own Hessian Hₙ, not divided by N (the stagewise
-Hessian divides once, at the end). The log-sum-exp subtracts the row maximum first, so
-logits of ±1e4 stay finite in float32.
+Hessian divides once, at the end).
+
+Extension point: wherever ``manual.mlp`` and ``manual.stagewise`` take ``loss=``, they
+accept a name in ``LOSSES`` or a ``Loss`` of the user's own, built from three hand-
+written functions of (logits (N, M), y) with the conventions above: ``value`` the batch
+mean, ``grad`` its gradient in the logits (so each row carries the 1/N), ``hessian``
+each sample's own M x M Hessian (no 1/N). Huber with threshold 1 on every logit, as a
+batch mean of per-sample sums::
+
+    huber = Loss("huber",
+                 value=lambda z, y: jnp.sum(jnp.where(abs(z - y) <= 1, (z - y)**2 / 2,
+                                                      abs(z - y) - 0.5)) / z.shape[0],
+                 grad=lambda z, y: jnp.clip(z - y, -1, 1) / z.shape[0],
+                 hessian=lambda z, y: ((abs(z - y) <= 1)[:, :, None]
+                                       * jnp.eye(z.shape[1], dtype=z.dtype)[None]))
+
+The log-sum-exp subtracts the row maximum first, so logits of ±1e4 stay finite in
+float32.
 
 Labels are checked for dtype and shape at trace time. Their values can only be checked
 on concrete arrays: eagerly, an out-of-range label is a ValueError; under ``jax.jit``
@@ -37,37 +53,97 @@ import jax.numpy as jnp
 import numpy as np
 
 from manual._checks import require_float, require_rank
+from manual.types import Array, ArrayLike
 
-
-class Loss:
-    """A batch-mean loss with its gradient and per-sample Hessian in the logits."""
-
-    def __init__(self, name, value, grad, hessian, check):
-        self.name, self._value, self._grad, self._hessian, self._check = (
-            name, value, grad, hessian, check)
-
-    def value(self, logits, y):
-        """The batch-mean loss, a scalar of the logits' dtype."""
-        self._check(logits, y)
-        return self._value(logits, y)
-
-    def grad(self, logits, y):
-        """Gradient of the batch mean with respect to the logits, (N, M)."""
-        self._check(logits, y)
-        return self._grad(logits, y)
-
-    def hessian(self, logits, y):
-        """Each sample's own loss Hessian in its logits, (N, M, M) (not divided by N)."""
-        self._check(logits, y)
-        return self._hessian(logits, y)
-
-    def __repr__(self):
-        return f"manual.losses.{self.name}"
+__all__ = ["LOSSES", "Loss", "LossLike", "get", "mse", "softmax_cross_entropy"]
 
 
 def _check_logits(logits):
     require_float("logits", logits)
     require_rank("logits", logits, 2)
+
+
+def _check_batch(logits, y):
+    """The default check of a user's Loss: float (N, M) logits, y with N rows."""
+    _check_logits(logits)
+    n = np.shape(logits)[0]
+    if np.ndim(y) < 1 or np.shape(y)[0] != n:
+        raise ValueError(f"y must have one row per sample ({n}) to match logits "
+                         f"{tuple(np.shape(logits))}, got shape {tuple(np.shape(y))}")
+
+
+class Loss:
+    """A batch-mean loss with its gradient and per-sample Hessian in the logits.
+
+    Args:
+      name: a label for errors and reprs (need not be in LOSSES).
+      value: (logits (N, M), y) -> the batch-mean loss, a scalar.
+      grad: (logits, y) -> ∂value/∂logits, (N, M): each sample's loss gradient / N.
+      hessian: (logits, y) -> (N, M, M), each sample's own loss Hessian in its logits,
+        NOT divided by N (the stagewise code divides once).
+      check: optional (logits, y) -> None raising ValueError on bad input, run at trace
+        time before each of the three; by default logits must be float (N, M) and y
+        have N rows.
+      hessian_vp: optional (logits, y, v) -> (N, M), each sample's Hessian times its row
+        of v (no 1/N), for Hessian-vector products that need not form (N, M, M); by
+        default the product with ``hessian``.
+
+    Raises:
+      ValueError: a name that is not a string, or value, grad, hessian, check not callable.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from manual.losses import Loss
+        >>> half_sq = Loss("half_sq", value=lambda z, y: 0.5 * jnp.sum(z**2) / z.shape[0],
+        ...                grad=lambda z, y: z / z.shape[0],
+        ...                hessian=lambda z, y: jnp.broadcast_to(jnp.eye(z.shape[1]),
+        ...                                                      z.shape + z.shape[1:]))
+        >>> half_sq.grad(jnp.ones((2, 1)), jnp.zeros((2, 1))).tolist()
+        [[0.5], [0.5]]
+    """
+
+    def __init__(self, name: str, value, grad, hessian, *, check=None, hessian_vp=None):
+        if not isinstance(name, str):
+            raise ValueError(f"Loss name must be a string, got {type(name).__name__}")
+        for arg, fn in (("value", value), ("grad", grad), ("hessian", hessian)):
+            if not callable(fn):
+                raise ValueError(f"Loss {name!r}: {arg} must be callable, got "
+                                 f"{type(fn).__name__}")
+        for arg, fn in (("check", check), ("hessian_vp", hessian_vp)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"Loss {name!r}: {arg} must be callable or None, got "
+                                 f"{type(fn).__name__}")
+        self.name, self._value, self._grad, self._hessian = name, value, grad, hessian
+        self._check = _check_batch if check is None else check
+        self._hessian_vp = hessian_vp
+
+    def value(self, logits: ArrayLike, y: ArrayLike) -> Array:
+        """The batch-mean loss, a scalar of the logits' dtype."""
+        self._check(logits, y)
+        return self._value(logits, y)
+
+    def grad(self, logits: ArrayLike, y: ArrayLike) -> Array:
+        """Gradient of the batch mean with respect to the logits, (N, M)."""
+        self._check(logits, y)
+        return self._grad(logits, y)
+
+    def hessian(self, logits: ArrayLike, y: ArrayLike) -> Array:
+        """Each sample's own loss Hessian in its logits, (N, M, M) (not divided by N)."""
+        self._check(logits, y)
+        return self._hessian(logits, y)
+
+    def hessian_vp(self, logits: ArrayLike, y: ArrayLike, v: ArrayLike) -> Array:
+        """Each sample's Hessian times its row of v, (N, M) (not divided by N)."""
+        self._check(logits, y)
+        if self._hessian_vp is not None:
+            return self._hessian_vp(logits, y, v)
+        return jnp.einsum("nab,nb->na", self._hessian(logits, y), v)
+
+    def __repr__(self):
+        if LOSSES.get(self.name) is self:
+            return f"manual.losses.{self.name}"
+        return f"Loss({self.name!r})"
 
 
 def _check_mse(logits, y):
@@ -152,17 +228,31 @@ def _ce_hessian(z, y):
     return p[:, :, None] * eye[None, :, :] - p[:, :, None] * p[:, None, :]
 
 
-mse = Loss("mse", _mse_value, _mse_grad, _mse_hessian, _check_mse)
+def _ce_hessian_vp(z, y, v):
+    p = jnp.exp(_log_softmax(z))  # (diag p - p pᵀ) v = p ⊙ (v - p·v)
+    return p * (v - jnp.sum(p * v, axis=1, keepdims=True))
+
+
+mse = Loss("mse", _mse_value, _mse_grad, _mse_hessian, check=_check_mse,
+           hessian_vp=lambda z, y, v: v)
 softmax_cross_entropy = Loss("softmax_cross_entropy", _ce_value, _ce_grad, _ce_hessian,
-                             _check_labels)
+                             check=_check_labels, hessian_vp=_ce_hessian_vp)
 
 LOSSES = {loss.name: loss for loss in (mse, softmax_cross_entropy)}
 
+# what ``loss=`` takes
+LossLike = str | Loss
 
-def get(name):
-    """The Loss called ``name`` (one of LOSSES)."""
-    if isinstance(name, Loss):
-        return name
-    if name not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
-    return LOSSES[name]
+
+def get(loss: LossLike) -> Loss:
+    """The Loss ``loss`` names (one of LOSSES), or ``loss`` itself.
+
+    Raises:
+      ValueError: an unknown name, or neither a name nor a Loss.
+    """
+    if isinstance(loss, Loss):
+        return loss
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)} or a manual.losses.Loss, "
+                         f"got {loss!r}")
+    return LOSSES[loss]

@@ -10,6 +10,10 @@ Stages, for l = 1..L (row vectors, batch first; a_0 = x)::
 
 Parameters are a tuple of (w, b) pairs, first layer first (contract, DESIGN.md).
 
+``activation=`` is a name, a ``manual.activations.Activation``, or a sequence with one
+of those per hidden layer (first hidden layer first); ``loss=`` is a name or a
+``manual.losses.Loss``. Both are static: they choose the code, not its inputs.
+
 Backward: the costate recursion (``grad``, ``backprop``). With δ_l = ∂E/∂z_l (N, n_l)::
 
     δ_L     = ∂loss/∂z_L                       the loss gradient in the logits
@@ -28,9 +32,17 @@ import jax.numpy as jnp
 from manual import activations as _activations
 from manual import losses as _losses
 from manual._checks import require_float, require_rank
+from manual.types import Array, ArrayLike
+
+__all__ = ["backprop", "check_params", "forward", "grad", "l2_penalty", "loss", "stages"]
+
+# A name or Activation for every hidden layer, or a tuple/list with one per hidden layer.
+ActivationArg = _activations.ActivationLike | tuple | list
+# A tuple (or list) of (w, b) pairs, first layer first.
+Params = tuple | list
 
 
-def check_params(params, x):
+def check_params(params: Params, x: ArrayLike) -> list:
     """Validate an MLP's parameters against its input; returns the layer widths.
 
     Raises ValueError naming the offending argument and shapes: params not a non-empty
@@ -39,7 +51,8 @@ def check_params(params, x):
     require_float("x", x)
     require_rank("x", x, 2)
     if not isinstance(params, (tuple, list)) or not params:
-        raise ValueError(f"params must be a non-empty tuple of (w, b) pairs, got {type(params).__name__}")
+        raise ValueError(f"params must be a non-empty tuple of (w, b) pairs, got "
+                         f"{type(params).__name__}")
     widths = [x.shape[1]]
     for l, layer in enumerate(params, start=1):
         if not isinstance(layer, (tuple, list)) or len(layer) != 2:
@@ -62,28 +75,30 @@ def check_params(params, x):
     return widths
 
 
-def stages(params, x, *, activation):
+def stages(params: Params, x: ArrayLike, *, activation: ActivationArg) -> tuple:
     """The forward pass, keeping every stage: (a, z) with a = [a_0..a_{L-1}], z = [z_1..z_L].
 
     a_{l-1} is the input of layer l and z_l its pre-activation; z_L are the logits.
+    Hidden layer l applies the l-th activation (``manual.activations.per_layer``).
     """
     check_params(params, x)
-    f = _activations.get(activation).f
+    acts = _activations.per_layer(activation, len(params) - 1)
     a, z = [x], []
     for l, (w, b) in enumerate(params):
         z.append(a[-1] @ w + b[None, :])
         if l < len(params) - 1:
-            a.append(f(z[-1]))
+            a.append(acts[l].f(z[-1]))
     return a, z
 
 
-def forward(params, x, *, activation):
+def forward(params: Params, x: ArrayLike, *, activation: ActivationArg) -> Array:
     """Logits z_L of the MLP (no activation after the last layer).
 
     Args:
       params: tuple of (w, b) pairs, w: (n_{l-1}, n_l), b: (n_l,).
       x: inputs, (N, n_0).
-      activation: a name in manual.activations.ACTIVATIONS.
+      activation: a name in manual.activations.ACTIVATIONS, an Activation, or one per
+        hidden layer.
 
     Returns:
       logits, (N, n_L).
@@ -91,18 +106,19 @@ def forward(params, x, *, activation):
     return stages(params, x, activation=activation)[1][-1]
 
 
-def l2_penalty(params, l2):
+def l2_penalty(params: Params, l2: ArrayLike) -> Array:
     """½ λ Σ_l ||W_l||² (weights only, never biases)."""
     return 0.5 * l2 * sum((w * w).sum() for w, _ in params)
 
 
-def loss(params, x, y, *, activation, loss, l2=0.0):
+def loss(params: Params, x: ArrayLike, y: ArrayLike, *, activation: ActivationArg,
+         loss: _losses.LossLike, l2: ArrayLike = 0.0) -> Array:
     """E(θ) = loss(forward(params, x), y) + ½ λ Σ_l ||W_l||².
 
     Args:
       params, x, activation: as for ``forward``.
       y: float targets (N, n_L) for "mse", integer labels (N,) for "softmax_cross_entropy".
-      loss: a name in manual.losses.LOSSES.
+      loss: a name in manual.losses.LOSSES or a manual.losses.Loss.
       l2: λ, the weight-decay coefficient (weights only).
 
     Returns:
@@ -119,7 +135,9 @@ def _weight_decay(dw, w, l2):
     return dw + jnp.asarray(l2, w.dtype) * w  # λ in w's dtype: float32 stays float32
 
 
-def backprop(params, a, z, y, *, activation, loss, l2=0.0, input_costate=False):
+def backprop(params: Params, a: list, z: list, y: ArrayLike, *,
+             activation: ActivationArg, loss: _losses.LossLike, l2: ArrayLike = 0.0,
+             input_costate: bool = False):
     """The costate recursion over stored forward stages (``a, z = stages(params, x)``).
 
     Read as a discrete-time optimal-control problem (Mizutani, Dreyfus & Nishio, after
@@ -150,8 +168,9 @@ def backprop(params, a, z, y, *, activation, loss, l2=0.0, input_costate=False):
       a: [a_0 .. a_{L-1}], the inputs of the layers (a_0 = x), as ``stages`` returns.
       z: [z_1 .. z_L], the pre-activations (z_L the logits), as ``stages`` returns.
       y: targets (N, n_L) for "mse", integer labels (N,) for "softmax_cross_entropy".
-      activation: a name in manual.activations.ACTIVATIONS.
-      loss: a name in manual.losses.LOSSES.
+      activation: a name in manual.activations.ACTIVATIONS, an Activation, or one per
+        hidden layer.
+      loss: a name in manual.losses.LOSSES or a manual.losses.Loss.
       l2: λ, the weight-decay coefficient (weights only).
       input_costate: also return ∂E/∂x = δ_1 W_1ᵀ (skipped by default: a training
         step does not need it, and it costs as many flops as ∂E/∂W_1).
@@ -164,21 +183,22 @@ def backprop(params, a, z, y, *, activation, loss, l2=0.0, input_costate=False):
     if len(a) != len(params) or len(z) != len(params):
         raise ValueError(f"a and z must hold one entry per layer ({len(params)}), as stages "
                          f"returns them, got {len(a)} and {len(z)}")
-    f = _activations.get(activation)
+    acts = _activations.per_layer(activation, len(params) - 1)
     delta = _losses.get(loss).grad(z[-1], y)  # δ_L = ∂E/∂z_L
     grads, dx = [], None
     for l in range(len(params) - 1, -1, -1):  # python index l is layer l + 1
         w, _ = params[l]
         grads.append((_weight_decay(a[l].T @ delta, w, l2), delta.sum(axis=0)))
         if l > 0:  # δ_l = f'(z_l) ⊙ (δ_{l+1} W_{l+1}ᵀ), f' from the kept a_l = f(z_l)
-            delta = f.df_from(z[l - 1], a[l]) * (delta @ w.T)
+            delta = acts[l - 1].df_from(z[l - 1], a[l]) * (delta @ w.T)
         elif input_costate:
             dx = delta @ w.T
     grads = tuple(reversed(grads))
     return (grads, dx) if input_costate else grads
 
 
-def grad(params, x, y, *, activation, loss, l2=0.0):
+def grad(params: Params, x: ArrayLike, y: ArrayLike, *, activation: ActivationArg,
+         loss: _losses.LossLike, l2: ArrayLike = 0.0) -> tuple:
     """∂E/∂θ of ``loss(params, x, y)`` by the costate recursion (see ``backprop``).
 
     δ_L = ∂loss/∂z_L;  δ_l = f'(z_l) ⊙ (δ_{l+1} W_{l+1}ᵀ);

@@ -290,3 +290,23 @@ def witness(fd_value, derivative, direction, order, fd_error=0.0):
     scale = max(scale, np.finfo(np.float64).tiny)
     error = abs(fd_value - projection) / scale
     return error, error <= max(FD_TOLERANCE[order], FD_SAFETY * fd_error / scale)
+
+
+def witness_coordinate(fd_value, diagonal, index, fd_error=0.0):
+    """Judge a finite-difference witness e_iᵀ H e_i against a Hessian's diagonal entry i.
+
+    Args:
+      fd_value: f''[e_i, e_i] from ``reference.finite_diff`` (a second difference along
+        coordinate ``index``).
+      diagonal: the Hessian's diagonal, flat, in ravel_pytree order.
+      index: the coordinate i.
+      fd_error: the witness's own error estimate, as for ``witness``.
+
+    Returns:
+      (error, passed): |fd - d_i| / ||d||_2, judged as ``witness`` judges order 2 (the
+      norm of the diagonal plays the part of ||H||_F: the scale of the curvature).
+    """
+    d = np.asarray(diagonal, np.float64)
+    scale = max(float(np.linalg.norm(d)), np.finfo(np.float64).tiny)
+    error = abs(fd_value - float(d[index])) / scale
+    return error, error <= max(FD_TOLERANCE[2], FD_SAFETY * fd_error / scale)

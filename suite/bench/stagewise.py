@@ -1,14 +1,18 @@
 """Stagewise-Hessian measurements beyond the common timing table (a bench extra).
 
 1. Matmul peak: a compiled float64 (n x n) @ (n x n), 2 n³ flops / median time.
-2. Achieved GFLOP/s of manual.stagewise.hessian on the bench shapes: 2 N P² / median,
-   against that peak (2 N P² is the flop count of the blocks if all P² were computed
-   by products over N samples; the stagewise code does about half of them, the upper
-   blocks, so the figure is a work rate relative to the dense-Hessian budget).
-3. Compiled temporary memory (XLA memory_analysis().temp_size_in_bytes, compile only)
+2. The machine floor next to the stagewise time, on the bench shapes (tanh, float64,
+   N = 64, P ≈ 1k, 3k, 10k): the time to fill a fresh (P, P) buffer plus 2 N P² flops
+   (every entry a product over the N samples) at that peak. manual.stagewise.hessian,
+   jax.hessian and the fill are timed in interleaved rounds (medians), so the speed-up
+   and the distance to the floor come from the same rounds. At P ≈ 10k the diagonal and
+   the blocks join those rounds.
+3. One Hessian-vector product (manual.stagewise.hvp) against jax.jvp of jax.grad and
+   against one gradient (manual.mlp.grad, jax.grad), at P ≈ 10k.
+4. Compiled temporary memory (XLA memory_analysis().temp_size_in_bytes, compile only)
    of stagewise and jax.hessian at P ≈ 9k, N = 1024; stagewise also without its
    sample chunking, for transparency.
-4. The largest P: widths of a depth-3 tanh MLP (N = 64) grow by x1.25 per step; at
+5. The largest P: widths of a depth-3 tanh MLP (N = 64) grow by x1.25 per step; at
    each step both are compiled (not run) and their temp + output bytes read from
    memory_analysis. The search stops at the first P where jax.hessian's needs exceed
    the machine's physical memory; stagewise is then run there if its needs fit in
@@ -25,9 +29,10 @@ from manual import mlp, stagewise
 from reference import autodiff
 from suite.cases.common import mlp_inputs
 from suite.cases.stagewise import BENCH_WIDTHS
-from suite.timing import median_time
+from suite.studies import curvature_cost
+from suite.timing import compile_timed, median_time, time_interleaved
 
-__all__ = ["matmul_peak", "extra"]
+__all__ = ["matmul_peak", "floor_table", "hvp_table", "extra"]
 
 GIB = 2**30
 HEADROOM = 4 * GIB  # kept free for the OS and the rest of the process
@@ -57,8 +62,7 @@ def _fns(widths, n, device):
         return autodiff.hessian(mlp.loss, i["params"], i["x"], i["y"], **KW)
 
     def unchunked(i):
-        return stagewise._curvature(i["params"], i["x"], i["y"], **KW, f2=True, cross=True,
-                                    chunk_bytes=None)
+        return stagewise.curvature(i["params"], i["x"], i["y"], **KW, chunk_bytes=None)
 
     return inputs, sw, ad, unchunked
 
@@ -79,17 +83,61 @@ def _mem_available():
         return total // 2, total
 
 
+def _row(names, times):
+    return dict(zip(names, times, strict=True))
+
+
+def floor_table(peak, *, device=None, echo=print, n=64):
+    """Stagewise against jax.hessian and the floor on each bench shape; the rows."""
+    echo(f"{'P':>6} {'stagewise':>10} {'jax.hessian':>12} {'speed-up':>8} {'fill':>8} "
+         f"{'floor':>8} {'/floor':>6}   (medians, ms; floor = fill + 2 N P^2 flops at peak)")
+    rows = []
+    for label, widths in BENCH_WIDTHS.items():
+        p = _param_count(widths)
+        data = curvature_cost.inputs(widths, device=device)
+        programs = curvature_cost.programs(p, KW)
+        names = ["full", "jax.hessian", "fill"] + (["diagonal", "blocks"] if label == "10k" else [])
+        compiled = [compile_timed(programs[k], data)[0] for k in names]
+        times, _ = time_interleaved(compiled, data, budget_s=3.0, min_repeats=5, max_repeats=30)
+        row = _row(names, times)
+        row.update(P=p, floor=row["fill"] + 2 * n * p**2 / (peak * 1e9))
+        echo(f"{p:>6} {1e3 * row['full']:>10.1f} {1e3 * row['jax.hessian']:>12.1f} "
+             f"{row['jax.hessian'] / row['full']:>7.1f}x {1e3 * row['fill']:>8.1f} "
+             f"{1e3 * row['floor']:>8.1f} {row['full'] / row['floor']:>6.2f}")
+        if "diagonal" in row:
+            echo(f"{'':>6} hessian_diagonal {1e3 * row['diagonal']:.2f} ms "
+                 f"({row['jax.hessian'] / row['diagonal']:.0f}x faster than jax.hessian), "
+                 f"hessian_blocks {1e3 * row['blocks']:.1f} ms "
+                 f"({row['jax.hessian'] / row['blocks']:.1f}x)")
+        rows.append(row)
+    return rows
+
+
+def hvp_table(*, device=None, echo=print):
+    """hvp against jax.jvp of jax.grad and one gradient at P ≈ 10k; the row."""
+    widths = BENCH_WIDTHS["10k"]
+    p = _param_count(widths)
+    data = curvature_cost.inputs(widths, device=device)
+    programs = curvature_cost.programs(p, KW)
+    names = ["hvp", "jvp_grad", "grad", "jax.grad"]
+    compiled = [compile_timed(programs[k], data)[0] for k in names]
+    times, samples = time_interleaved(compiled, data, budget_s=5.0, min_repeats=50,
+                                      max_repeats=5000)
+    row = dict(_row(names, times), P=p)
+    echo(f"one Hessian-vector product at P={p} (medians of {len(samples[0])} interleaved "
+         f"rounds): stagewise.hvp {1e6 * row['hvp']:.0f} us, jax.jvp of jax.grad "
+         f"{1e6 * row['jvp_grad']:.0f} us ({row['hvp'] / row['jvp_grad']:.2f}x), one hand "
+         f"gradient {1e6 * row['grad']:.0f} us (hvp = {row['hvp'] / row['grad']:.2f} "
+         f"gradients), jax.grad {1e6 * row['jax.grad']:.0f} us")
+    return row
+
+
 def extra(*, device, echo=print):
     peak = matmul_peak(device=device)
     echo(f"matmul peak (float64 2048^3, compiled, median of 5): {peak:.1f} GFLOP/s")
-    echo("stagewise achieved rate (2 N P^2 / median time):")
-    for widths in BENCH_WIDTHS.values():
-        inputs, sw, _, _ = _fns(widths, 64, device)
-        t = median_time(jax.jit(sw).lower(inputs).compile(), inputs)
-        p = _param_count(widths)
-        rate = 2 * 64 * p**2 / t / 1e9
-        echo(f"  P={p:<6} N=64  {1e3 * t:9.1f} ms  {rate:6.1f} GFLOP/s  "
-             f"({100 * rate / peak:.0f}% of peak)")
+    echo("stagewise Hessian, jax.hessian and the machine floor (tanh, float64, N=64):")
+    floor_table(peak, device=device, echo=echo)
+    hvp_table(device=device, echo=echo)
 
     widths = [64, 64, 64, 10]
     inputs, sw, ad, unchunked = _fns(widths, 1024, device)

@@ -23,10 +23,11 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["TIERS", "DTYPES", "FAMILY_ORDER", "Family", "Case", "register_family", "register",
-           "families", "cases", "get"]
+__all__ = ["TIERS", "HESSIAN_FORMS", "DTYPES", "FAMILY_ORDER", "Family", "Case",
+           "register_family", "register", "families", "cases", "get"]
 
 TIERS = ("test", "slow", "report", "bench")
+HESSIAN_FORMS = ("dense", "diagonal")
 DTYPES = ("float32", "float64")
 # The order of the report's sections (families not listed here follow, alphabetically).
 FAMILY_ORDER = ("linear", "mlp", "conv", "conv_transpose", "pool", "rnn", "lstm", "gru", "layernorm", "batchnorm",
@@ -59,9 +60,12 @@ class Case:
       objective: optional inputs -> scalar, for the finite-difference witness; with
         ``order=1`` the leaves of ``manual`` are its gradient with respect to
         ``wrt``, leaf for leaf; with ``order=2`` ``manual`` is its (P, P) Hessian over
-        ``ravel_pytree(tuple(inputs[k] for k in wrt))``.
+        ``ravel_pytree(tuple(inputs[k] for k in wrt))`` (``hessian_form="dense"``) or
+        that Hessian's diagonal, shaped like the ``wrt`` inputs (``"diagonal"``).
       wrt: names of the inputs the derivatives are taken with respect to.
       order: 1 or 2 (see ``objective``).
+      hessian_form: "dense" or "diagonal" (order 2 only): what ``manual`` returns, and
+        so the witness: vᵀ H v along a random v, or e_iᵀ H e_i along one coordinate.
       sizes: shape parameters shown in the report.
       dtypes: the dtypes this case runs in.
       tier: one of TIERS.
@@ -78,6 +82,7 @@ class Case:
     objective: Callable[[dict], Any] | None = None
     wrt: tuple = ()
     order: int = 1
+    hessian_form: str = "dense"
     sizes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dtypes: tuple = DTYPES
     tier: str = "test"
@@ -92,6 +97,9 @@ class Case:
         if not (isinstance(self.devices, int) and self.devices >= 1):
             raise ValueError(f"case {self.name}: devices must be a positive int, got "
                              f"{self.devices!r}")
+        if self.hessian_form not in HESSIAN_FORMS:
+            raise ValueError(f"case {self.name}: hessian_form must be one of {HESSIAN_FORMS}, "
+                             f"got {self.hessian_form!r}")
         if self.objective is not None and not self.wrt:
             raise ValueError(f"case {self.name}: an objective needs the names in wrt")
         if self.seed is None:

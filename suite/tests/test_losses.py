@@ -22,9 +22,10 @@ def test_values_match_numpy():
     mse = 0.5 * np.mean(np.sum((z - y_float) ** 2, axis=1))
     lse = np.log(np.sum(np.exp(z), axis=1))
     ce = np.mean(lse - z[np.arange(5), labels])
-    np.testing.assert_allclose(losses.mse.value(jnp.asarray(z), jnp.asarray(y_float)), mse, rtol=1e-14)
-    np.testing.assert_allclose(losses.softmax_cross_entropy.value(jnp.asarray(z), jnp.asarray(labels)),
-                               ce, rtol=1e-14)
+    np.testing.assert_allclose(losses.mse.value(jnp.asarray(z), jnp.asarray(y_float)), mse,
+                               rtol=1e-14)
+    np.testing.assert_allclose(
+        losses.softmax_cross_entropy.value(jnp.asarray(z), jnp.asarray(labels)), ce, rtol=1e-14)
 
 
 def test_cross_entropy_is_finite_and_exact_at_logits_of_1e4_in_float32():
@@ -32,8 +33,10 @@ def test_cross_entropy_is_finite_and_exact_at_logits_of_1e4_in_float32():
     z = jnp.asarray([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], jnp.float32)
     y = jnp.asarray([1, 2], jnp.int32)
     ce = losses.softmax_cross_entropy
-    for fn in (lambda: (ce.value(z, y), ce.grad(z, y), ce.hessian(z, y)),
-               lambda: jax.jit(lambda z, y: (ce.value(z, y), ce.grad(z, y), ce.hessian(z, y)))(z, y)):
+    def all_three(z, y):
+        return ce.value(z, y), ce.grad(z, y), ce.hessian(z, y)
+
+    for fn in (lambda: all_three(z, y), lambda: jax.jit(all_three)(z, y)):
         value, grad, hess = fn()
         assert value.dtype == grad.dtype == hess.dtype == jnp.float32
         assert float(value) == 1e4
@@ -78,10 +81,14 @@ def test_batch_mean_couples_no_two_samples():
 
 
 @pytest.mark.parametrize("labels, pattern", [
-    (jnp.zeros(6, jnp.float64), r"y must be integer class labels .* got shape \(6,\) and dtype float64"),
-    (jnp.zeros((6, 1), jnp.int32), r"y must have shape \(N,\) = \(6,\) to match logits \(6, 4\), got \(6, 1\)"),
-    (jnp.asarray([0, 1, 2, 3, 4, 0]), r"y must hold labels in \[0, 4\) for logits \(6, 4\), got values in \[0, 4\]"),
-    (jnp.asarray([0, -1, 2, 3, 1, 0]), r"y must hold labels in \[0, 4\) .* got values in \[-1, 3\]"),
+    (jnp.zeros(6, jnp.float64),
+     r"y must be integer class labels .* got shape \(6,\) and dtype float64"),
+    (jnp.zeros((6, 1), jnp.int32),
+     r"y must have shape \(N,\) = \(6,\) to match logits \(6, 4\), got \(6, 1\)"),
+    (jnp.asarray([0, 1, 2, 3, 4, 0]),
+     r"y must hold labels in \[0, 4\) for logits \(6, 4\), got values in \[0, 4\]"),
+    (jnp.asarray([0, -1, 2, 3, 1, 0]),
+     r"y must hold labels in \[0, 4\) .* got values in \[-1, 3\]"),
 ])
 def test_bad_labels_are_value_errors(labels, pattern):
     ce = losses.softmax_cross_entropy
@@ -98,9 +105,12 @@ def test_out_of_range_labels_under_jit_give_nan_not_a_wrong_number():
 
 
 @pytest.mark.parametrize("logits, y, pattern", [
-    (np.ones((3, 2)), np.ones((3, 3)), r"y must have the shape of logits \(3, 2\) for mse, got \(3, 3\)"),
-    (np.ones((3, 2)), np.ones((3, 2), np.float32), r"y must have the dtype of logits \(float64\), got float32"),
-    (np.ones((3, 2)), np.ones((3, 2), np.int32), r"y must be a floating-point array, got shape \(3, 2\) and dtype int32"),
+    (np.ones((3, 2)), np.ones((3, 3)),
+     r"y must have the shape of logits \(3, 2\) for mse, got \(3, 3\)"),
+    (np.ones((3, 2)), np.ones((3, 2), np.float32),
+     r"y must have the dtype of logits \(float64\), got float32"),
+    (np.ones((3, 2)), np.ones((3, 2), np.int32),
+     r"y must be a floating-point array, got shape \(3, 2\) and dtype int32"),
     (np.ones(3), np.ones(3), r"logits must have rank 2, got shape \(3,\)"),
 ])
 def test_bad_mse_arguments_are_value_errors(logits, y, pattern):
@@ -111,3 +121,49 @@ def test_bad_mse_arguments_are_value_errors(logits, y, pattern):
 def test_unknown_name_is_a_value_error():
     with pytest.raises(ValueError, match=r"loss must be one of .* got 'hinge'"):
         losses.get("hinge")
+
+
+# --- the extension point: a user's Loss ------------------------------------------------------
+
+def _half_square():
+    return losses.Loss("half_sq", value=lambda z, y: 0.5 * jnp.sum((z - y) ** 2) / z.shape[0],
+                       grad=lambda z, y: (z - y) / z.shape[0],
+                       hessian=lambda z, y: jnp.broadcast_to(jnp.eye(z.shape[1], dtype=z.dtype),
+                                                             z.shape + z.shape[1:]))
+
+
+def test_a_user_loss_needs_a_name_and_three_functions():
+    with pytest.raises(ValueError, match="Loss name must be a string, got NoneType"):
+        losses.Loss(None, jnp.sum, jnp.sum, jnp.sum)
+    with pytest.raises(ValueError, match=r"Loss 'mine': grad must be callable, got str"):
+        losses.Loss("mine", jnp.sum, "grad", jnp.sum)
+    with pytest.raises(ValueError, match="check must be callable or None"):
+        losses.Loss("mine", jnp.sum, jnp.sum, jnp.sum, check=3)
+    mine = _half_square()
+    assert losses.get(mine) is mine and repr(mine) == "Loss('half_sq')"
+    assert repr(losses.mse) == "manual.losses.mse"
+
+
+def test_a_user_loss_is_checked_by_default():
+    # logits float (N, M) and y with N rows, at trace time, before the user's code runs
+    mine = _half_square()
+    z = _logits()
+    np.testing.assert_allclose(mine.grad(z, z + 1), losses.mse.grad(z, z + 1), rtol=1e-15)
+    with pytest.raises(ValueError, match=r"y must have one row per sample \(6\) to match "
+                                         r"logits \(6, 4\), got shape \(5, 4\)"):
+        mine.value(z, z[:5])
+    with pytest.raises(ValueError, match=r"logits must be a floating-point array"):
+        mine.hessian(jnp.ones((6, 4), jnp.int32), z)
+    with pytest.raises(ValueError, match=r"logits must have rank 2"):
+        jax.jit(mine.grad)(z[0], z[0])
+
+
+@pytest.mark.parametrize("loss", ["mse", "softmax_cross_entropy", "user"])
+def test_hessian_vector_product_is_the_hessian_times_v(loss):
+    # mse and cross-entropy write H v without forming H; a user's Loss falls back to H @ v
+    fn = _half_square() if loss == "user" else losses.get(loss)
+    z, v = _logits(), _logits(seed=8)
+    y = jnp.asarray([0, 3, 1, 2, 2, 0]) if loss == "softmax_cross_entropy" else _logits(seed=5)
+    hv = fn.hessian_vp(z, y, v)
+    np.testing.assert_allclose(hv, np.einsum("nab,nb->na", fn.hessian(z, y), v), rtol=1e-14,
+                               atol=1e-15)

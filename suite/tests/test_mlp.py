@@ -82,8 +82,10 @@ def test_planted_bug_shared_with_the_oracle_is_caught_by_finite_differences():
 def test_buggy_copy_without_a_bug_passes():
     # the planted-bug copy is faithful apart from its switch: the FAILs above are the bugs
     case = net_case("mlp/net/planted", [4, 4, 4, 4], 5, **PLANT_CONFIG)
-    manual = lambda inputs: _buggy_grad(inputs["params"], inputs["x"], inputs["y"], bug=None,
-                                        **PLANT_CONFIG)
+
+    def manual(inputs):
+        return _buggy_grad(inputs["params"], inputs["x"], inputs["y"], bug=None, **PLANT_CONFIG)
+
     row = run.run_case(dataclasses.replace(case, manual=manual), "float64", timing=False)
     assert row.status == "PASS", row
 
@@ -103,7 +105,8 @@ def test_relu_kink_in_a_network_follows_jax():
     config = dict(activation="relu", loss="mse")
     manual, auto = jax.jit(lambda p: (mlp.grad(p, x, y, **config),
                                       jax.grad(lambda q: mlp.loss(q, x, y, **config))(p)))(params)
-    for m, r in zip(jax.tree_util.tree_leaves(manual), jax.tree_util.tree_leaves(auto)):
+    for m, r in zip(jax.tree_util.tree_leaves(manual), jax.tree_util.tree_leaves(auto),
+                    strict=True):
         np.testing.assert_allclose(m, r, rtol=1e-15, atol=1e-15)
 
 
@@ -120,7 +123,8 @@ def test_one_layer_mse_is_least_squares():
 
 def _net(dtype=jnp.float64, widths=(3, 5, 4, 2), n=6, loss="softmax_cross_entropy"):
     rng = np.random.default_rng(9)
-    params = tuple((jnp.asarray(rng.normal(size=(widths[l], widths[l + 1])) / np.sqrt(widths[l]), dtype),
+    params = tuple((jnp.asarray(rng.normal(size=(widths[l], widths[l + 1]))
+                                / np.sqrt(widths[l]), dtype),
                     jnp.asarray(rng.normal(size=widths[l + 1]) * 0.1, dtype))
                    for l in range(len(widths) - 1))
     x = jnp.asarray(rng.normal(size=(n, widths[0])), dtype)
@@ -142,7 +146,8 @@ def test_input_costate_is_the_gradient_in_x():
 
     (grads, dx), dx_auto, grads_plain = run(params, x)
     np.testing.assert_allclose(dx, dx_auto, rtol=1e-12, atol=1e-15)
-    for g, h in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_plain)):
+    for g, h in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_plain),
+                    strict=True):
         np.testing.assert_array_equal(g, h)
 
 
@@ -169,7 +174,8 @@ def test_widths_that_do_not_chain_are_a_value_error():
         _call(params=((w1, b1), (w2[:4, :], b2), last))
     with pytest.raises(ValueError, match=r"params\[0\] b must have shape \(5,\) .* got \(4,\)"):
         _call(params=((w1, b1[:4]), (w2, b2), last))
-    with pytest.raises(ValueError, match=r"params\[0\] w must have 2 rows .* \(x \(6, 2\), .* got \(3, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"params\[0\] w must have 2 rows .* \(x \(6, 2\), .* got \(3, 5\)"):
         _call(x=jnp.ones((6, 2)))
     with pytest.raises(ValueError, match=r"params must be a non-empty tuple"):
         _call(params=())
@@ -177,7 +183,8 @@ def test_widths_that_do_not_chain_are_a_value_error():
 
 @pytest.mark.parametrize("y, pattern", [
     (jnp.zeros(6, jnp.float64), r"y must be integer class labels .* dtype float64"),
-    (jnp.asarray([0, 1, 2, 1, 0, 1]), r"y must hold labels in \[0, 2\) for logits \(6, 2\), got values in \[0, 2\]"),
+    (jnp.asarray([0, 1, 2, 1, 0, 1]),
+     r"y must hold labels in \[0, 2\) for logits \(6, 2\), got values in \[0, 2\]"),
     (jnp.asarray([0, 1, -1, 1, 0, 1]), r"y must hold labels in \[0, 2\) .* \[-1, 1\]"),
     (jnp.zeros(5, jnp.int32), r"y must have shape \(N,\) = \(6,\)"),
 ])
@@ -218,5 +225,39 @@ def test_bad_input_is_caught_at_trace_time_under_jit():
 def test_backprop_needs_one_stage_per_layer():
     params, x, y = _net()
     a, z = mlp.stages(params, x, activation="tanh")
-    with pytest.raises(ValueError, match=r"a and z must hold one entry per layer \(3\), .* got 2 and 3"):
+    with pytest.raises(ValueError,
+                       match=r"a and z must hold one entry per layer \(3\), .* got 2 and 3"):
         mlp.backprop(params, a[:2], z, y, activation="tanh", loss="softmax_cross_entropy")
+
+
+# --- per-layer activations and the extension points -------------------------------------
+
+def test_one_activation_per_layer():
+    # the same name for every layer is the single name; a mixed list runs layer by layer
+    params, x, y = _net(widths=(3, 5, 4, 4, 2))
+    cfg = dict(loss="softmax_cross_entropy", l2=0.1)
+    same = mlp.grad(params, x, y, activation=["tanh"] * 3, **cfg)
+    for a, b in zip(jax.tree_util.tree_leaves(same),
+                    jax.tree_util.tree_leaves(mlp.grad(params, x, y, activation="tanh", **cfg)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    mixed = ("tanh", activations.softplus, "gelu")
+    a, _ = mlp.stages(params, x, activation=mixed)
+    z1 = x @ params[0][0] + params[0][1][None, :]
+    z2 = jnp.tanh(z1) @ params[1][0] + params[1][1][None, :]
+    np.testing.assert_allclose(a[2], activations.softplus.f(z2), rtol=1e-15)
+    with pytest.raises(ValueError, match=r"one entry per hidden layer \(3\), got 2"):
+        mlp.grad(params, x, y, activation=("tanh", "relu"), **cfg)
+
+
+def test_custom_vjp_wrapper_takes_per_layer_activations_and_a_user_loss():
+    from suite.cases.mlp import HUBER, SILU
+    from suite.custom_grad import mlp_loss
+    params, x, _ = _net(widths=(3, 5, 4, 2))
+    y = jnp.asarray(np.random.default_rng(1).normal(size=(6, 2)))
+    config = dict(activation=[SILU, "tanh"], loss=HUBER, l2=0.1)
+    hand = jax.jit(lambda p: jax.grad(mlp_loss(**config))(p, x, y))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(hand),
+                    jax.tree_util.tree_leaves(mlp.grad(params, x, y, **config)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-16)
+    assert mlp_loss(**config) is mlp_loss(**dict(config, activation=(SILU, "tanh")))

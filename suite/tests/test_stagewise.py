@@ -26,7 +26,7 @@ def _inputs(dtype="float64", depth=3, n=7, activation="tanh", loss="softmax_cros
 
 def _layout(params):
     widths = [params[0][0].shape[0]] + [w.shape[1] for w, _ in params]
-    sizes = [(a + 1) * b for a, b in zip(widths, widths[1:])]
+    sizes = [(a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True)]
     return np.cumsum([0] + sizes[:-1]), sizes
 
 
@@ -36,19 +36,22 @@ def test_hessian_is_symmetric():
     offsets, sizes = _layout(i["params"])
     for l in range(len(sizes)):  # off-diagonal blocks are mirrored: exactly transposed
         for m in range(l + 1, len(sizes)):
-            rows, cols = slice(offsets[l], offsets[l] + sizes[l]), slice(offsets[m], offsets[m] + sizes[m])
+            rows = slice(offsets[l], offsets[l] + sizes[l])
+            cols = slice(offsets[m], offsets[m] + sizes[m])
             np.testing.assert_array_equal(h[cols, rows], h[rows, cols].T)
     # diagonal blocks are symmetric to rounding (a few ulps of the matrix's scale)
     assert np.linalg.norm(h - h.T) <= 1e-15 * np.linalg.norm(h)
 
 
-@pytest.mark.parametrize("dtype,chunk_bytes", [("float64", 1), ("float32", 3000)])  # one sample per chunk; 3 per chunk, padded
+# one sample per chunk; 3 per chunk, padded
+@pytest.mark.parametrize("dtype,chunk_bytes", [("float64", 1), ("float32", 3000)])
 def test_sample_chunking_matches_jax_hessian(dtype, chunk_bytes):
     i = _inputs(dtype, depth=3, n=7)
-    h = jax.jit(lambda i: stagewise._curvature(i["params"], i["x"], i["y"], **KW, f2=True,
-                                               cross=True, chunk_bytes=chunk_bytes))(i)
+    chunked = lambda i: stagewise.curvature(i["params"], i["x"], i["y"], **KW,  # noqa: E731
+                                            chunk_bytes=chunk_bytes)
+    h = jax.jit(chunked)(i)
     ref = jax.jit(lambda i: autodiff.hessian(mlp.loss, i["params"], i["x"], i["y"], **KW))(i)
-    assert stagewise._chunks(7, 1000, chunk_bytes)[0] > 1  # the chunked path really runs
+    assert "scan" in str(jax.make_jaxpr(chunked)(i))  # the chunked path really runs
     result = cmp.compare(h, ref, dtype)
     assert result.passed, result.message
     assert h.dtype == jnp.dtype(dtype)
@@ -58,7 +61,8 @@ def test_dtype_is_preserved():
     i = _inputs("float32")
     v = jax.tree_util.tree_map(jnp.ones_like, i["params"])
     for fn in (stagewise.hessian, stagewise.gauss_newton):
-        assert jax.jit(lambda i: fn(i["params"], i["x"], i["y"], **KW))(i).dtype == jnp.float32
+        out = jax.jit(lambda i, fn=fn: fn(i["params"], i["x"], i["y"], **KW))(i)
+        assert out.dtype == jnp.float32
     hv = jax.jit(lambda i, v: stagewise.hvp(i["params"], i["x"], i["y"], v, **KW))(i, v)
     assert all(t.dtype == jnp.float32 for t in jax.tree_util.tree_leaves(hv))
 
@@ -73,12 +77,15 @@ def test_gauss_newton_is_hessian_without_residual_terms_for_linear_net():
 
 def test_l2_touches_only_weight_coordinates():
     i = _inputs()
-    h = lambda l2: jax.jit(lambda i: stagewise.hessian(i["params"], i["x"], i["y"],
-                                                      **dict(KW, l2=l2)))(i)
+
+    def h(l2):
+        return jax.jit(lambda i: stagewise.hessian(i["params"], i["x"], i["y"],
+                                                   **dict(KW, l2=l2)))(i)
+
     diff = np.asarray(h(0.5) - h(0.0))
     offsets, sizes = _layout(i["params"])
     expected = np.zeros(diff.shape[0])
-    for (w, _), off in zip(i["params"], offsets):
+    for (w, _), off in zip(i["params"], offsets, strict=True):
         expected[off:off + w.size] = 0.5
     np.testing.assert_allclose(diff, np.diag(expected), rtol=0, atol=1e-14)
 
@@ -126,8 +133,8 @@ def _spec_of(case):
 
 
 PLANTED_HESSIANS = {
-    "no f'' term in Ω": dict(f2=False, cross=True),
-    "no first-order cross term": dict(f2=True, cross=False),
+    "no f'' term in Ω": dict(f2_term=False, cross_term=True),
+    "no first-order cross term": dict(f2_term=True, cross_term=False),
 }
 
 
@@ -135,8 +142,8 @@ PLANTED_HESSIANS = {
 def test_planted_missing_term_fails(what):
     case = get_case("stagewise/hessian/tanh-ce-d3-N7-l20.1")
     kw = _args(case)
-    bad = _planted(case, lambda i: stagewise._curvature(i["params"], i["x"], i["y"], **kw,
-                                                        **PLANTED_HESSIANS[what]))
+    bad = _planted(case, lambda i: stagewise.curvature(i["params"], i["x"], i["y"], **kw,
+                                                       **PLANTED_HESSIANS[what]))
     row = run.run_case(bad, "float64", timing=False, fd=False)
     assert row.status == "FAIL", row
 
@@ -158,7 +165,8 @@ def _untransposed_mirror(h, params):
 
 def _l2_on_biases(h, params):
     offsets, _ = _layout(params)
-    idx = np.concatenate([off + w.size + np.arange(b.size) for (w, b), off in zip(params, offsets)])
+    idx = np.concatenate([off + w.size + np.arange(b.size)
+                          for (w, b), off in zip(params, offsets, strict=True)])
     return h.at[idx, idx].add(0.1)
 
 
@@ -166,7 +174,8 @@ def _loss_hessian_not_averaged(h, params):
     return h * 7  # Ω_L = ℓ'' instead of ℓ''/N (N = 7)
 
 
-@pytest.mark.parametrize("mutate", [_untransposed_mirror, _l2_on_biases, _loss_hessian_not_averaged])
+@pytest.mark.parametrize("mutate", [_untransposed_mirror, _l2_on_biases,
+                                    _loss_hessian_not_averaged])
 def test_planted_assembly_slip_fails(mutate):
     case = get_case("stagewise/hessian/tanh-ce-d3-N7-l20.1")
     row = run.run_case(_planted(case, _mutate_blocks(mutate)(case)), "float64", timing=False,
@@ -209,7 +218,8 @@ def test_bad_v_is_a_value_error():
     i = _inputs()
     v = list(jax.tree_util.tree_map(jnp.ones_like, i["params"]))
     v[1] = (jnp.ones((2, 2)), v[1][1])
-    with pytest.raises(ValueError, match=r"v\[1\] w must have the shape and dtype of params\[1\] w"):
+    with pytest.raises(ValueError,
+                       match=r"v\[1\] w must have the shape and dtype of params\[1\] w"):
         stagewise.hvp(i["params"], i["x"], i["y"], tuple(v), **KW)
     with pytest.raises(ValueError, match="v must be params-shaped"):
         stagewise.hvp(i["params"], i["x"], i["y"], v[:1], **KW)
@@ -228,3 +238,141 @@ def test_bad_input_is_a_value_error_under_jit(fn):
         fn(i["params"], i["x"], i["y"], **dict(KW, l2=jnp.ones(2)))
     with pytest.raises(ValueError, match="activation must be one of"):
         fn(i["params"], i["x"], i["y"], **dict(KW, activation="swish"))
+
+
+# --- the curvature toolkit: diagonal, blocks, rows, tiles --------------------------------
+
+def _toolkit_inputs(widths=(5, 7, 6, 3), n=9, loss="softmax_cross_entropy"):
+    return mlp_inputs(jax.random.PRNGKey(5), list(widths), n, "float64", loss=loss,
+                      activation="tanh")
+
+
+def test_tiles_bands_remainders_and_chunks_match_jax_hessian(monkeypatch):
+    # Three input rows per loop step for the scaled tiles (stacked into one product), one
+    # per Γ tile, three bands per diagonal block, on a small net: every fori_loop,
+    # remainder step, band and mirrored band edge of the assembly runs, for the whole
+    # matrix and for row slabs (sample-chunked too; the whole matrix chunked:
+    # test_sample_chunking_matches_jax_hessian). hessian_blocks runs the same band jobs;
+    # the defaults (one row per step, wider Γ chunks for narrow layers) run in the registry.
+    monkeypatch.setattr(stagewise, "TILE_COLUMNS", 4)
+    monkeypatch.setattr(stagewise, "STACK", 3)
+    monkeypatch.setattr(stagewise, "BANDS", 3)
+    monkeypatch.setattr(stagewise, "SMALL", 0)  # no strip is one step: loops everywhere
+    i = _toolkit_inputs()
+    p, x, y = i["params"], i["x"], i["y"]
+    v = jax.tree_util.tree_map(lambda t: jnp.cos(jnp.arange(t.size, dtype=t.dtype)
+                                                 ).reshape(t.shape), p)
+    flat_v = jax.flatten_util.ravel_pytree(v)[0]
+
+    def everything(p):
+        return dict(
+            matvec=stagewise.hessian_matvec(p, x, y, **KW)(flat_v),
+            hvp=jax.flatten_util.ravel_pytree(stagewise.hvp(p, x, y, v, **KW))[0],
+            full=stagewise.hessian(p, x, y, **KW),
+            rows=stagewise.hessian_rows(p, x, y, 17, 101, **KW),  # ends inside row groups
+            rows_chunked=stagewise.hessian_rows(p, x, y, 0, 48, **KW, chunk_bytes=1),
+            ref=autodiff.hessian(mlp.loss, p, x, y, **KW))
+
+    out = jax.jit(everything)(p)
+    ref = out["ref"]
+    expected = dict(full=ref, rows=ref[17:101], rows_chunked=ref[:48],
+                    matvec=out["hvp"])  # the flat form of hvp (hvp itself: a registry case)
+    for name, want in expected.items():
+        result = cmp.compare(out[name], want, "float64")
+        assert result.passed, (name, result.message)
+
+
+def _toolkit_case(make, **spec):
+    from suite.cases.stagewise import _spec
+    return make(_spec(**spec), "test")
+
+
+def _planted_row(case, manual=None, reference=None, fd=False):
+    bad = dataclasses.replace(case, name=case.name + "+planted",
+                              manual=manual or case.manual, reference=reference or case.reference)
+    return run.run_case(bad, "float64", timing=False, fd=fd)
+
+
+def test_diagonal_planted_bugs_fail():
+    from suite.cases.stagewise import diagonal_case
+    case = _toolkit_case(diagonal_case, activation="tanh", loss="softmax_cross_entropy",
+                         depth=2, n=5, l2=0.1)
+    kw = _args(case)
+    # the Gauss-Newton diagonal (Ω without its f'' term) passed off as the Hessian's
+    gn = _planted_row(case, lambda i: stagewise.gauss_newton_diagonal(i["params"], i["x"],
+                                                                      i["y"], **kw))
+    assert gn.status == "FAIL", gn
+    # a slip shared with the oracle: only the witness e_iᵀ H e_i can object
+    double = lambda out: jax.tree_util.tree_map(lambda t: 2 * t, out)  # noqa: E731
+    shared = _planted_row(case, lambda i: double(case.manual(i)),
+                          lambda i: double(case.reference(i)), fd=True)
+    assert shared.status == "FAIL" and "finite-difference" in shared.message, shared
+
+
+def test_blocks_in_the_other_kronecker_order_fail():
+    # Ω ⊗ â âᵀ instead of â âᵀ ⊗ Ω: the same numbers, in the wrong ravel order
+    from suite.cases.stagewise import blocks_case
+    case = _toolkit_case(blocks_case, activation="tanh", loss="mse", depth=2, n=5, l2=0.0)
+
+    def swapped(i):
+        out = []
+        for (w, _), block in zip(i["params"], case.manual(i), strict=True):
+            a, k = w.shape[0] + 1, w.shape[1]
+            out.append(block.reshape(a, k, a, k).transpose(1, 0, 3, 2).reshape(a * k, a * k))
+        return tuple(out)
+
+    assert _planted_row(case, swapped).status == "FAIL"
+
+
+def test_rows_one_off_fail():
+    from suite.cases.stagewise import rows_case
+    case = _toolkit_case(rows_case, activation="tanh", loss="mse", depth=2, n=5, l2=0.1,
+                         rows=(0.2, 0.7))
+    start, stop = (int(t) for t in case.name.split("-r")[-1].split(":"))
+    kw = _args(case)
+    shifted = _planted_row(case, lambda i: stagewise.hessian_rows(
+        i["params"], i["x"], i["y"], start + 1, stop + 1, **kw))
+    assert shifted.status == "FAIL", shifted
+
+
+@pytest.mark.slow
+def test_gauss_newton_diagonal_with_residual_terms_fails():
+    from suite.cases.stagewise import gn_diagonal_case
+    case = _toolkit_case(gn_diagonal_case, activation="tanh", loss="softmax_cross_entropy",
+                         depth=2, n=5, l2=0.1)
+    kw = _args(case)
+    bad = _planted_row(case, lambda i: stagewise.hessian_diagonal(i["params"], i["x"], i["y"],
+                                                                  **kw))
+    assert bad.status == "FAIL", bad
+
+
+def test_hessian_matvec_checks_its_vector():
+    i = _toolkit_inputs()
+    with pytest.raises(ValueError, match=r"v must be a flat vector of shape \(111,\)"):
+        jax.jit(lambda i: stagewise.hessian_matvec(i["params"], i["x"], i["y"], **KW)(
+            jnp.ones(110)))(i)
+
+
+@pytest.mark.parametrize("start, stop, pattern", [
+    (5, 5, r"0 <= start < stop <= P = 111, got start 5, stop 5"),
+    (0, 112, r"got start 0, stop 112"),
+    (-1, 3, r"got start -1"),
+    (0.0, 3, r"start must be a Python int"),
+])
+def test_bad_rows_are_value_errors(start, stop, pattern):
+    i = _toolkit_inputs()
+    with pytest.raises(ValueError, match=pattern):
+        stagewise.hessian_rows(i["params"], i["x"], i["y"], start, stop, **KW)
+
+
+@pytest.mark.parametrize("fn", [stagewise.hessian_diagonal, stagewise.gauss_newton_diagonal,
+                                stagewise.hessian_blocks])
+def test_toolkit_bad_input_is_a_value_error(fn):
+    i = _toolkit_inputs()
+    with pytest.raises(ValueError, match=r"activation must hold one entry per hidden layer "
+                                         r"\(2\), got 3"):
+        fn(i["params"], i["x"], i["y"], **dict(KW, activation=("tanh", "relu", "gelu")))
+    with pytest.raises(ValueError, match="l2 must be a scalar"):
+        fn(i["params"], i["x"], i["y"], **dict(KW, l2=jnp.ones(2)))
+    with pytest.raises(ValueError, match=r"loss must be one of .* got 'hinge'"):
+        fn(i["params"], i["x"], i["y"], **dict(KW, loss="hinge"))
