@@ -30,8 +30,8 @@ TIERS = ("test", "slow", "report", "bench")
 HESSIAN_FORMS = ("dense", "diagonal")
 DTYPES = ("float32", "float64")
 # The order of the report's sections (families not listed here follow, alphabetically).
-FAMILY_ORDER = ("linear", "mlp", "conv", "conv_transpose", "pool", "rnn", "lstm", "gru", "layernorm", "batchnorm",
-                "attention", "embedding", "stagewise")
+FAMILY_ORDER = ("linear", "mlp", "conv", "conv_transpose", "pool", "rnn", "lstm", "gru",
+                "layernorm", "batchnorm", "attention", "embedding", "stagewise")
 
 
 @dataclasses.dataclass(frozen=True)
