@@ -8,7 +8,7 @@ Stages, for l = 1..L (row vectors, batch first; a_0 = x)::
 
     E(θ) = loss(z_L, y) + ½ λ Σ_l ||W_l||²      (L2 on the weights only)
 
-Parameters are a tuple of (w, b) pairs, first layer first (contract, DESIGN.md).
+Parameters are a tuple of (w, b) pairs, first layer first (contract, docs/design.md §2).
 
 ``activation=`` is a name, a ``manual.activations.Activation``, or a sequence with one
 of those per hidden layer (first hidden layer first); ``loss=`` is a name or a
@@ -137,7 +137,7 @@ def _weight_decay(dw, w, l2):
 
 def backprop(params: Params, a: list, z: list, y: ArrayLike, *,
              activation: ActivationArg, loss: _losses.LossLike, l2: ArrayLike = 0.0,
-             input_costate: bool = False):
+             input_costate: bool = False) -> tuple:
     """The costate recursion over stored forward stages (``a, z = stages(params, x)``).
 
     Read as a discrete-time optimal-control problem (Mizutani, Dreyfus & Nishio, after

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
 
-from manual.types import Array, ArrayLike
+from manual.types import Array, ArrayLike, DTypeLike, Matvec
 
 __all__ = ["default_iters", "hutchinson_trace", "lanczos"]
 
@@ -59,6 +59,10 @@ def _check_int(name, value, low, high):
         raise ValueError(f"{name} must be a Python int, got {value!r}")
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def _float_dtype(dtype):
+    return jnp.asarray(1.0).dtype if dtype is None else jnp.dtype(dtype)
 
 
 def default_iters(dim: int, k: int) -> int:
@@ -77,8 +81,8 @@ def _orthogonalise(q, w):
     return w - (q @ w) @ q
 
 
-def lanczos(matvec, dim: int, k: int, *, key: ArrayLike, iters: int | None = None,
-            dtype=jnp.float64) -> tuple[Array, Array]:
+def lanczos(matvec: Matvec, dim: int, k: int, *, key: ArrayLike, iters: int | None = None,
+            dtype: DTypeLike | None = None) -> tuple[Array, Array]:
     """The k largest eigenvalues (algebraic) of a symmetric operator and their vectors.
 
     Args:
@@ -88,7 +92,8 @@ def lanczos(matvec, dim: int, k: int, *, key: ArrayLike, iters: int | None = Non
       key: a jax.random key for the starting vector (and restarts).
       iters: Lanczos steps m, k <= m <= dim (None: ``default_iters(dim, k)``). More
         steps converge more eigenvalues further; m = dim is exact up to rounding.
-      dtype: the dtype of the Krylov basis and of the results.
+      dtype: the dtype of the Krylov basis and of the results (None: JAX's default
+        float, float64 under x64).
 
     Returns:
       (eigenvalues (k,) in descending order, eigenvectors (dim, k) with unit columns),
@@ -101,7 +106,7 @@ def lanczos(matvec, dim: int, k: int, *, key: ArrayLike, iters: int | None = Non
     _check_int("k", k, 1, dim)
     m = default_iters(dim, k) if iters is None else iters
     _check_int("iters", m, k, dim)
-    dtype = jnp.dtype(dtype)
+    dtype = _float_dtype(dtype)
     q0 = random.normal(key, (dim,), dtype)
     basis = jnp.zeros((m + 1, dim), dtype).at[0].set(q0 / jnp.linalg.norm(q0))
     alpha, beta = jnp.zeros(m, dtype), jnp.zeros(m, dtype)
@@ -133,7 +138,8 @@ def lanczos(matvec, dim: int, k: int, *, key: ArrayLike, iters: int | None = Non
     return top, vectors / jnp.linalg.norm(vectors, axis=0, keepdims=True)
 
 
-def hutchinson_trace(matvec, dim: int, *, key: ArrayLike, samples: int) -> tuple[Array, Array]:
+def hutchinson_trace(matvec: Matvec, dim: int, *, key: ArrayLike, samples: int,
+                     dtype: DTypeLike | None = None) -> tuple[Array, Array]:
     """Hutchinson's estimate of tr A from Rademacher probes, with its standard error.
 
     Args:
@@ -141,18 +147,18 @@ def hutchinson_trace(matvec, dim: int, *, key: ArrayLike, samples: int) -> tuple
       dim: the size of A.
       key: a jax.random key for the probes.
       samples: the number of probes s >= 2 (the standard error needs two).
+      dtype: the dtype of the probes (None: JAX's default float, float64 under x64).
 
     Returns:
       (estimate, standard_error): the mean of zᵀ A z over the probes and the sample
-      standard deviation of those values / sqrt(s), scalars in the dtype of A v.
+      standard deviation of those values / sqrt(s), scalars in the dtype of zᵀ A z.
 
     Raises:
       ValueError: dim or samples out of range or not ints.
     """
     _check_int("dim", dim, 1, np.iinfo(np.int32).max)
     _check_int("samples", samples, 2, np.iinfo(np.int32).max)
-    dtype = jnp.asarray(1.0).dtype  # the default float: ±1 is exact in any
-    probes = random.rademacher(key, (samples, dim), jnp.int8).astype(dtype)
+    probes = random.rademacher(key, (samples, dim), jnp.int8).astype(_float_dtype(dtype))
     values = lax.map(lambda z: jnp.vdot(z, matvec(z)), probes)
     estimate = jnp.mean(values)
     return estimate, jnp.std(values, ddof=1) / np.sqrt(samples)

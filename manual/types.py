@@ -14,7 +14,11 @@ Example::
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Array", "ArrayLike"]
+__all__ = ["Array", "ArrayLike", "DTypeLike", "Matvec"]
 
 Array = jnp.ndarray  # the class jax.Array, by its jax.numpy name
 ArrayLike = Array | np.ndarray | np.bool_ | np.number | bool | int | float | complex
+DTypeLike = str | type | np.dtype  # what jnp.dtype accepts: "float32", jnp.float64, a dtype
+# v -> A v on flat vectors: any callable jax can trace. manual/ may not import typing or
+# collections.abc, so this hint names the role and accepts every callable.
+Matvec = object

@@ -25,18 +25,17 @@ Combining the shards (S shards of n_s = N / S samples each, batch B = ∪_s B_s)
                      term S times.)
     hessian          H = Σ_s (n_s / N) H̄_s + λ I_w = Σ_s (n_s / N) (H̄_s + λ I_w), since
                      Σ_s n_s / N = 1: each shard's rows are those of its own penalised
-                     Hessian, scaled by n_s / N as they are made, then psum-ed (so λ
-                     arrives once in all); the device at model index j computes only
+                     Hessian, psum-ed and scaled by n_s / N (equal on every shard), so λ
+                     arrives once in all; the device at model index j computes only
                      rows [j R, (j + 1) R), R = P / n_model. (I_w: the identity on the
                      weight coordinates.)
 
 The Hessian is returned sharded by rows over ``"model"`` (replicated over ``"data"``):
 each device holds R = P / n_model rows, about P² / n_model numbers, and computes
-only those rows; nothing of size P² is ever formed on one device. H is symmetric, so
-its row i is H e_i, the Hessian-vector product that ``manual.stagewise.hvp`` computes by
-Pearlmutter's R-operator (``_rows_by_hvp``). n_model must divide P (a ValueError naming
-``mesh`` says so otherwise): JAX's explicitly sharded arrays cannot split a dimension
-unevenly.
+only those rows, straight from the stagewise blocks (``manual.stagewise.hessian_rows``,
+about 2 N R P flops); nothing of size P² is ever formed on one device. n_model must
+divide P (a ValueError naming ``mesh`` says so otherwise): JAX's explicitly sharded
+arrays cannot split a dimension unevenly.
 
 Inputs may live anywhere (host arrays, one device, already sharded): each function puts
 them on the mesh with ``jax.device_put(..., NamedSharding(mesh, spec))``, which works
@@ -64,7 +63,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -217,41 +215,15 @@ def rnn_backward(params: Any, xs: Any, h0: Any, dhs: Any, *, mesh: Mesh,
         _place(dhs, mesh, batch))
 
 
-def _rows_by_hvp(params: Any, x: Any, y: Any, start: Any, rows: int, *, activation: str,
-                 loss: str, l2: Any, scale: float, chunk: int = 64) -> jax.Array:
-    """``scale`` times rows [start, start + rows) of the stagewise Hessian: row i is H e_i.
-
-    H is symmetric, so its row i is the Hessian-vector product with the basis vector e_i,
-    which ``manual.stagewise.hvp`` (Pearlmutter's R-operator, by hand) computes at about
-    the cost of two gradients; with λ it includes λ e_i on the weight coordinates.
-    ``start`` may be traced (``lax.axis_index``); the basis vectors go through in
-    batches of at most ``chunk`` (``lax.map``), so the R-passes' temporaries stay at
-    chunk x N x width, and each row is scaled as it is made (no slab-sized copy).
-    """
-    flat, unravel = ravel_pytree(params)
-
-    def row(i):
-        e = jnp.zeros(flat.shape, flat.dtype).at[start + i].set(1)
-        hv = stagewise.hvp(params, x, y, unravel(e), activation=activation, loss=loss, l2=l2)
-        out = ravel_pytree(hv)[0]
-        return out if scale == 1 else out * scale
-
-    # A batch size that divides the rows lets lax.map fill one (rows, P) buffer; a remainder
-    # batch is concatenated on (a slab-sized copy), which is still better than batches of
-    # a handful of rows (a prime number of rows, say): the R-passes want width.
-    batch = max(b for b in range(1, min(chunk, rows) + 1) if rows % b == 0)
-    return lax.map(row, jnp.arange(rows), batch_size=batch if batch >= 16 else min(chunk, rows))
-
-
 def hessian(params: Any, x: Any, y: Any, *, mesh: Mesh, activation: str, loss: str,
             l2: Any = 0.0) -> jax.Array:
     """The exact (P, P) Hessian of ``manual.mlp.loss``, rows over "model", samples over "data".
 
     The device at ("data" = i, "model" = j) computes rows [j R, (j + 1) R) of
-    (n_s / N) (H̄_s + λ I_w), the penalised Hessian of its own n_s samples (row i by
-    ``manual.stagewise.hvp`` with e_i), and the slabs are psum-ed over "data": the sum is
-    H, with λ once (module docstring). R = P / n_model, n_model = 1 when the mesh has no
-    "model" axis; n_model must divide P.
+    H̄_s + λ I_w, the penalised Hessian of its own n_s samples
+    (``manual.stagewise.hessian_rows``), and the slabs are psum-ed over "data" and scaled
+    by n_s / N: the result is H, with λ once (module docstring). R = P / n_model,
+    n_model = 1 when the mesh has no "model" axis; n_model must divide P.
 
     Args:
       params: tuple of (w, b) pairs (replicated).
@@ -277,11 +249,20 @@ def hessian(params: Any, x: Any, y: Any, *, mesh: Mesh, activation: str, loss: s
                          f"rows; got mesh axes {dict(mesh.shape)}")
     rows = total // parts
 
+    def slab(j, params, x, y):  # rows [j R, (j + 1) R) of this shard's own H̄_s + λ I_w
+        return stagewise.hessian_rows(params, x, y, j * rows, (j + 1) * rows, l2=l2, **kw)
+
     def shard(params, x, y):
-        # Σ_s (n_s / N) (H̄_s + λ I_w) e_i = H e_i: λ is counted once in all, as Σ_s n_s = N
+        # The row ranges are static (they decide which blocks exist), so each device picks
+        # its own of the ``parts`` compiled branches and runs only that one.
         j = lax.axis_index(MODEL) if parts > 1 else 0
-        mine = _rows_by_hvp(params, x, y, j * rows, rows, l2=l2, scale=share, **kw)
-        return _psum_data(mine) if mesh.shape[DATA] > 1 else mine
+        mine = (lax.switch(j, [functools.partial(slab, k) for k in range(parts)], params, x, y)
+                if parts > 1 else slab(0, params, x, y))
+        if mesh.shape[DATA] == 1:
+            return mine
+        # Σ_s (n_s / N)(H̄_s + λ I_w) = H: every shard has n_s = N / S, so scaling after the
+        # sum is the same and keeps one slab-sized temporary; λ arrives once in all
+        return _psum_data(mine) * share
 
     # check_vma=False: the varying-axis check would demand the psum over a "data" axis of
     # size 1 too (a slab-sized copy, skipped here), and it rejects scans of manual/ that

@@ -283,8 +283,7 @@ def test_tiles_bands_remainders_and_chunks_match_jax_hessian(monkeypatch):
 
 
 def _toolkit_case(make, **spec):
-    from suite.cases.stagewise import _spec
-    return make(_spec(**spec), "test")
+    return make(spec, "test")
 
 
 def _planted_row(case, manual=None, reference=None, fd=False):
