@@ -227,11 +227,12 @@ NAMED = (
 
 NAMED_CONFIGS = {label: config for label, config, _, _ in NAMED}
 
-# Draws of the hypothesis sweep in suite/tests/test_conv.py, per implementation (each in
-# float32 and float64): "test" in every `make test`, "slow" behind the slow marker. The
-# contract's conv2d_backward gets the full 200 in every run; im2col, the textbook
-# second implementation, a quick sample there and its 200 behind the marker.
-SWEEP_EXAMPLES = {"test": {"lax": 200, "im2col": 24}, "slow": {"lax": 200, "im2col": 200}}
+# Draws of the hypothesis sweep in suite/tests/test_conv.py, per implementation: "test" in
+# every `make test` (one dtype per draw, drawn with the geometry: a compile per draw is the
+# cost, about 0.4 s on two cores), "slow" behind the slow marker (both dtypes per draw).
+# The contract's conv2d_backward gets the larger share; im2col, the textbook second
+# implementation, a quick sample there and its 200 behind the marker.
+SWEEP_EXAMPLES = {"test": {"lax": 100, "im2col": 24}, "slow": {"lax": 200, "im2col": 200}}
 
 
 def _name(label, implementation):

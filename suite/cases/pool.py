@@ -217,9 +217,9 @@ NAMED_CONFIGS = {label: config for label, config, _ in NAMED}
 NAMED_CONFIGS.update({label: config for label, config, _, _ in NAMED_ONE_KIND})
 
 # Draws of the hypothesis sweep in suite/tests/test_pool.py, max and avg drawn with the
-# geometry, each draw in float32 and float64: "test" in every `make test`, "slow"
-# behind the slow marker.
-SWEEP_EXAMPLES = {"test": 200, "slow": 400}
+# geometry: "test" in every `make test` (one dtype per draw), "slow" behind the slow
+# marker (both dtypes per draw).
+SWEEP_EXAMPLES = {"test": 120, "slow": 400}
 
 for label, config, tier in NAMED:
     for kind in KINDS:

@@ -379,7 +379,7 @@ def test_sweep(impl):
     def check(config, dtype):
         # Each draw in one dtype, drawn with the geometry (a compile per draw is the whole
         # cost; the geometry is what is swept), and no finite-difference witness, to keep
-        # 200 draws within make test's budget; the slow sweep runs every draw in both
+        # the draws within make test's budget; the slow sweep runs every draw in both
         # dtypes with the witness on a quarter, and the registered cases carry it too.
         _sweep_one(config, impl, witness=False, dtypes=(dtype,))
     check()
