@@ -82,7 +82,7 @@ def _orthogonalise(q, w):
 
 
 def lanczos(matvec: Matvec, dim: int, k: int, *, key: ArrayLike, iters: int | None = None,
-            dtype: DTypeLike | None = None) -> tuple[Array, Array]:
+            dtype: DTypeLike | None = jnp.float64) -> tuple[Array, Array]:
     """The k largest eigenvalues (algebraic) of a symmetric operator and their vectors.
 
     Args:
@@ -92,8 +92,8 @@ def lanczos(matvec: Matvec, dim: int, k: int, *, key: ArrayLike, iters: int | No
       key: a jax.random key for the starting vector (and restarts).
       iters: Lanczos steps m, k <= m <= dim (None: ``default_iters(dim, k)``). More
         steps converge more eigenvalues further; m = dim is exact up to rounding.
-      dtype: the dtype of the Krylov basis and of the results (None: JAX's default
-        float, float64 under x64).
+      dtype: the dtype of the Krylov basis and of the results; float64 needs x64 (without
+        it JAX computes in float32 and warns). None: JAX's default float.
 
     Returns:
       (eigenvalues (k,) in descending order, eigenvectors (dim, k) with unit columns),
