@@ -22,7 +22,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist worksteal -m slow suite/tests
 
 report: $(STAMP)
-	$(VENV)/bin/backprop-suite report --device cpu --out reports
+	$(VENV)/bin/backprop-suite report --device cpu --devices 4 --out reports
 
 report-quick: $(STAMP)
 	$(VENV)/bin/backprop-suite report --quick --device cpu --out reports
