@@ -704,8 +704,10 @@ def hessian_rows(params: Params, x: ArrayLike, y: ArrayLike, start: int, stop: i
     ``hessian`` restricted to those rows of â_{l-1}ᵀ; blocks to the left (m < l) are the
     transposed tiles of H_ml restricted to those columns (module doc). The work is about
     2 N (stop - start) P flops; the whole H by ``hessian`` is half that per row, since it
-    mirrors. Rows of layer l come in groups of n_l (one input row i of Ŵ_l): ranges whose
-    ends fall on those group boundaries avoid a final copy.
+    mirrors. Rows of layer l come in groups of n_l (one input row i of Ŵ_l): whole groups
+    are written straight into the result; a group that an end of the range cuts is made
+    in a group-sized buffer and its rows copied in place, so no slab-sized copy is made
+    for any range.
 
     Args:
       params, x, y, activation, loss, l2: as for ``hessian``.
@@ -731,32 +733,60 @@ def hessian_rows(params: Params, x: ArrayLike, y: ArrayLike, start: int, stop: i
     total = sum(sizes)
     _row_range(start, stop, total)
     widths = [x.shape[1]] + [w.shape[1] for w, _ in params]
-    spans = []  # (layer, i_lo, i_hi): whole input rows of Ŵ_l covering [start, stop)
-    for l, (off, size) in enumerate(zip(offsets, sizes, strict=True)):
-        lo, hi = max(start, off), min(stop, off + size)
-        if lo < hi:
+
+    def group(r):  # [first, end) rows of the group (one input row of Ŵ_l) holding row r
+        l = max(l for l, off in enumerate(offsets) if off <= r)
+        k = widths[l + 1]
+        first = offsets[l] + (r - offsets[l]) // k * k
+        return first, first + k
+
+    def jobs_for(buf, lo, hi, origin):  # whole groups covering [lo, hi); row lo at lo - origin
+        jobs = []
+        for l, (off, size) in enumerate(zip(offsets, sizes, strict=True)):
+            a, b = max(lo, off), min(hi, off + size)
+            if a >= b:
+                continue
             k = widths[l + 1]
-            spans.append((l, (lo - off) // k, -(-(hi - off) // k)))
-    row_lo = offsets[spans[0][0]] + spans[0][1] * widths[spans[0][0] + 1]
-    jobs = []
-    for l, i_lo, i_hi in spans:
-        at = offsets[l] + i_lo * widths[l + 1] - row_lo   # this span's first row in the slab
-        for m in range(len(sizes)):
-            if m >= l:  # H_lm by product, those rows only
-                jobs.append(_Job(0, l, m, (i_lo, i_hi), (0, widths[m] + 1), (at, offsets[m]),
-                                 None))
-            else:       # H_lm = H_mlᵀ: tiles of H_ml over those columns, transposed
-                jobs.append(_Job(0, m, l, (0, widths[m] + 1), (i_lo, i_hi), None,
-                                 (at, offsets[m])))
-    last, _, i_hi = spans[-1]
-    row_hi = offsets[last] + i_hi * widths[last + 1]
-    (slab,) = _run(params, x, y, activation=activation, loss=loss, f2=True, cross=True,
-                   shapes=[(row_hi - row_lo, total)], jobs=jobs, chunk_bytes=chunk_bytes)
+            i_lo, i_hi = (a - off) // k, -(-(b - off) // k)
+            at = off + i_lo * k - origin   # this span's first row in the buffer
+            for m in range(len(sizes)):
+                if m >= l:  # H_lm by product, those rows only
+                    jobs.append(_Job(buf, l, m, (i_lo, i_hi), (0, widths[m] + 1),
+                                     (at, offsets[m]), None))
+                else:       # H_lm = H_mlᵀ: tiles of H_ml over those columns, transposed
+                    jobs.append(_Job(buf, m, l, (0, widths[m] + 1), (i_lo, i_hi), None,
+                                     (at, offsets[m])))
+        return jobs
+
+    def run(shapes, jobs):
+        return _run(params, x, y, activation=activation, loss=loss, f2=True, cross=True,
+                    shapes=shapes, jobs=jobs, chunk_bytes=chunk_bytes)
+
+    g_lo, g_hi = group(start)[0], group(stop - 1)[1]
+    a0 = start if start == g_lo else group(start)[1]   # the whole groups inside: [a0, a1)
+    a1 = stop if stop == g_hi else group(stop - 1)[0]
+    if a0 >= a1:  # at most two part-groups: one small slab, sliced
+        (slab,) = run(shapes=[(g_hi - g_lo, total)], jobs=jobs_for(0, g_lo, g_hi, g_lo))
+        slab = slab[start - g_lo:stop - g_lo]
+    else:
+        # The whole groups straight into the (stop - start, P) result; the part-groups at
+        # either end into group-sized buffers, copied in place: no slab-sized copy.
+        shapes, jobs, ends = [(stop - start, total)], jobs_for(0, a0, a1, start), []
+        for lo, hi, keep in ((g_lo, a0, slice(start - g_lo, None)),
+                             (a1, g_hi, slice(0, stop - a1))):
+            if lo < hi:
+                jobs += jobs_for(len(shapes), lo, hi, lo)
+                ends.append((len(shapes), keep, max(lo, start) - start))
+                shapes.append((hi - lo, total))
+        bufs = run(shapes=shapes, jobs=jobs)
+        slab = bufs[0]
+        for buf, keep, at in ends:
+            slab = lax.dynamic_update_slice(slab, bufs[buf][keep], (at, 0))
     if _has_l2(l2):
         idx = _weight_rows(params, offsets)
-        idx = idx[(idx >= row_lo) & (idx < row_hi)]
-        slab = slab.at[idx - row_lo, idx].add(jnp.asarray(l2, slab.dtype))
-    return slab[start - row_lo:stop - row_lo]
+        idx = idx[(idx >= start) & (idx < stop)]
+        slab = slab.at[idx - start, idx].add(jnp.asarray(l2, slab.dtype))
+    return slab
 
 
 # --- Hessian-vector products ---------------------------------------------------------------

@@ -161,7 +161,7 @@ def render(result: StudyResult, out_dir: str) -> str:
                      f"{_gib(r['output'])} | {_gib(r['temp'])} | {_gib(r['total'])} | "
                      f"{r['total'] / single[r['P']]:.2f} |")
     lines += ["", "Each device of a `model` = n mesh holds P/n rows (P²/n numbers) of the result "
-              "and computes only those (H eᵢ by manual.stagewise.hvp); the samples are split "
+              "and computes only those (manual.stagewise.hessian_rows); the samples are split "
               "over `data` and summed with psum, so a `data`-only mesh holds the whole matrix "
               "on every device (data parallelism saves time, not memory)."]
     if fig["platform"] == "cpu":
