@@ -288,15 +288,6 @@ def transpose_geometry(x: ArrayLike, w: ArrayLike, b: ArrayLike,
     return Geometry(stride, padding, dilation, groups, kernel, size, output_padding)
 
 
-def _batched(a):
-    return a if a.ndim == 4 else a[None]
-
-
-def _like(y, x):
-    """y back to x's batching: unbatched x, unbatched result."""
-    return y if np.ndim(x) == 4 else y[0]
-
-
 def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
            padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1) -> Array:
     """Y = X ⋆ W + b (cross-correlation), torch.nn.functional.conv2d semantics.
@@ -316,8 +307,8 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
       H_out = (H + p_lo + p_hi - (k - 1)·d - 1) // s + 1.
     """
     g = geometry(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y = correlate(_batched(x), w, g) + b[None, :, None, None]
-    return _like(y, x)
+    y = correlate(windows.batched(x), w, g) + b[None, :, None, None]
+    return windows.unbatched_like(y, x)
 
 
 def conv2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *,
@@ -338,9 +329,9 @@ def conv2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *,
     """
     g = geometry(x, w, b, dy, stride=stride, padding=padding, dilation=dilation,
                  groups=groups)
-    x4, dy4 = _batched(x), _batched(dy)
+    x4, dy4 = windows.batched(x), windows.batched(dy)
     db = dy4.sum(axis=(0, 2, 3))
-    return _like(input_gradient(dy4, w, g), x), weight_gradient(x4, dy4, g), db
+    return windows.unbatched_like(input_gradient(dy4, w, g), x), weight_gradient(x4, dy4, g), db
 
 
 def conv_transpose2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
@@ -366,8 +357,8 @@ def conv_transpose2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrP
     """
     g = transpose_geometry(x, w, b, stride=stride, padding=padding,
                            output_padding=output_padding, dilation=dilation, groups=groups)
-    y = input_gradient(_batched(x), w, g) + b[None, :, None, None]
-    return _like(y, x)
+    y = input_gradient(windows.batched(x), w, g) + b[None, :, None, None]
+    return windows.unbatched_like(y, x)
 
 
 def conv_transpose2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *,
@@ -387,11 +378,11 @@ def conv_transpose2d_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: Arra
     """
     g = transpose_geometry(x, w, b, dy, stride=stride, padding=padding,
                            output_padding=output_padding, dilation=dilation, groups=groups)
-    x4, dy4 = _batched(x), _batched(dy)
+    x4, dy4 = windows.batched(x), windows.batched(dy)
     dy_kept, pad = _trimmed(dy4, g)
     dx = correlate(dy_kept, w, g.replace(padding=pad))    # A_w dY: conv2d's forward
     dw = weight_gradient(dy4, x4, g)                      # dY as conv2d's X, X as its dY
-    return _like(dx, x), dw, dy4.sum(axis=(0, 2, 3))
+    return windows.unbatched_like(dx, x), dw, dy4.sum(axis=(0, 2, 3))
 
 
 def correlate(x: ArrayLike, w: ArrayLike, g: Geometry) -> Array:

@@ -48,7 +48,6 @@ Example::
 """
 
 import jax.numpy as jnp
-import numpy as np
 
 from manual import windows
 from manual.conv import HIGHEST, Geometry, geometry
@@ -94,14 +93,6 @@ def _output_matrix(dy, g):
             .reshape(g.groups, c_out // g.groups, -1))
 
 
-def _batched(a):
-    return a if a.ndim == 4 else a[None]
-
-
-def _like(y, x):
-    return y if np.ndim(x) == 4 else y[0]
-
-
 def conv2d_im2col(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
                   padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1) -> Array:
     """conv2d as Y_mat = W_mat cols + b (see the module docstring).
@@ -109,11 +100,11 @@ def conv2d_im2col(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair
     Args and Returns: as manual.conv.conv2d.
     """
     g = geometry(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    x4 = _batched(x)
+    x4 = windows.batched(x)
     n, c_out = x4.shape[0], w.shape[0]
     y_mat = jnp.matmul(_weight_matrix(w, g), im2col(x4, g), precision=HIGHEST)
     y = y_mat.reshape(c_out, n, *g.out).transpose(1, 0, 2, 3)
-    return _like(y + b[None, :, None, None], x)
+    return windows.unbatched_like(y + b[None, :, None, None], x)
 
 
 def conv2d_im2col_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLike, *,
@@ -126,11 +117,11 @@ def conv2d_im2col_backward(x: ArrayLike, w: ArrayLike, b: ArrayLike, dy: ArrayLi
     """
     g = geometry(x, w, b, dy, stride=stride, padding=padding, dilation=dilation,
                  groups=groups)
-    x4, dy4 = _batched(x), _batched(dy)
+    x4, dy4 = windows.batched(x), windows.batched(dy)
     dy_mat = _output_matrix(dy4, g)
     cols = im2col(x4, g)
     dw = jnp.matmul(dy_mat, cols.transpose(0, 2, 1), precision=HIGHEST).reshape(w.shape)
     dcols = jnp.matmul(_weight_matrix(w, g).transpose(0, 2, 1), dy_mat, precision=HIGHEST)
     dx = col2im(dcols, x4.shape, g)
     db = dy4.sum(axis=(0, 2, 3))
-    return _like(dx, x), dw, db
+    return windows.unbatched_like(dx, x), dw, db

@@ -218,14 +218,6 @@ def divisor(g: PoolGeometry, *, count_include_pad: bool = True,
     return int(d.flat[0]) if np.all(d == d.flat[0]) else d
 
 
-def _batched(a):
-    return a if a.ndim == 4 else a[None]
-
-
-def _like(y, x):
-    return y if np.ndim(x) == 4 else y[0]
-
-
 def _padded(x, g, value):
     return jnp.pad(x, ((0, 0), (0, 0)) + g.pads, constant_values=value)
 
@@ -282,7 +274,7 @@ def max_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = No
     """
     g = pool_geometry(x, window=window, stride=stride, padding=padding, dilation=dilation,
                       ceil_mode=ceil_mode)
-    x4 = _batched(x)
+    x4 = windows.batched(x)
     if g.dilation == (1, 1):
         y = lax.reduce_window(x4, np.asarray(-np.inf, x4.dtype)[()], lax.max,
                               (1, 1) + g.window, (1, 1) + g.stride, ((0, 0), (0, 0)) + g.pads)
@@ -292,7 +284,7 @@ def max_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = No
         y = taps[0]
         for tap in taps[1:]:
             y = jnp.where(tap > y, tap, y)  # a later tap replaces only a strictly smaller
-    return _like(y, x)
+    return windows.unbatched_like(y, x)
 
 
 def avg_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = None,
@@ -312,10 +304,10 @@ def avg_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = No
     """
     g = pool_geometry(x, window=window, stride=stride, padding=padding, ceil_mode=ceil_mode)
     d = divisor(g, count_include_pad=count_include_pad, divisor_override=divisor_override)
-    x4 = _batched(x)
+    x4 = windows.batched(x)
     total = lax.reduce_window(x4, np.asarray(0, x4.dtype)[()], lax.add, (1, 1) + g.window,
                               (1, 1) + g.stride, ((0, 0), (0, 0)) + g.pads)
-    return _like(_scale(total, d), x)
+    return windows.unbatched_like(_scale(total, d), x)
 
 
 def max_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window: IntOrPair,
@@ -333,10 +325,10 @@ def max_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window: IntOrPair,
     """
     g = pool_geometry(x, dy, window=window, stride=stride, padding=padding,
                       dilation=dilation, ceil_mode=ceil_mode)
-    x4, dy4 = _batched(x), _batched(dy)
+    x4, dy4 = windows.batched(x), windows.batched(dy)
     taps = windows.windows(_padded(x4, g, -np.inf), g.window, g.stride, g.dilation, g.out)
     dx_pad = windows.unwindow(_routes(taps, dy4), g.padded, g.window, g.stride, g.dilation)
-    return _like(_crop(dx_pad, g), x)
+    return windows.unbatched_like(_crop(dx_pad, g), x)
 
 
 def avg_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window: IntOrPair,
@@ -357,7 +349,7 @@ def avg_pool2d_backward(x: ArrayLike, dy: ArrayLike, *, window: IntOrPair,
     g = pool_geometry(x, dy, window=window, stride=stride, padding=padding,
                       ceil_mode=ceil_mode)
     d = divisor(g, count_include_pad=count_include_pad, divisor_override=divisor_override)
-    share = _scale(_batched(dy), d)
+    share = _scale(windows.batched(dy), d)
     taps = [share] * (g.window[0] * g.window[1])
     dx_pad = windows.unwindow(taps, g.padded, g.window, g.stride, (1, 1))
-    return _like(_crop(dx_pad, g), x)
+    return windows.unbatched_like(_crop(dx_pad, g), x)

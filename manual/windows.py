@@ -33,7 +33,8 @@ import numpy as np
 from jax import lax
 
 __all__ = ["Array", "ArrayLike", "Pair", "PadPairs", "IntOrPair", "Padding", "is_int",
-           "int_pair", "pad_pairs", "span", "out_size", "remainder", "windows", "unwindow"]
+           "int_pair", "pad_pairs", "span", "out_size", "remainder", "windows", "unwindow",
+           "batched", "unbatched_like"]
 
 # jax.Array and jax.typing.ArrayLike, spelled with the modules manual/ may import
 # (jnp.ndarray is jax.Array): the type hints of the public functions.
@@ -43,6 +44,16 @@ Pair = tuple[int, int]
 PadPairs = tuple[Pair, Pair]
 IntOrPair = int | Pair                   # stride, dilation, window: one int for both axes
 Padding = int | Pair | PadPairs | str    # conv2d's padding; str: "same" or "valid"
+
+
+def batched(a: Array) -> Array:
+    """(N, C, H, W) as given; an unbatched (C, H, W) as a batch of one (torch's rule)."""
+    return a if a.ndim == 4 else a[None]
+
+
+def unbatched_like(y: Array, x: ArrayLike) -> Array:
+    """``y`` back to the batching of the input ``x``: an unbatched x gets an unbatched y."""
+    return y if np.ndim(x) == 4 else y[0]
 
 
 def is_int(v: object) -> bool:
