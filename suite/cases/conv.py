@@ -232,7 +232,7 @@ NAMED_CONFIGS = {label: config for label, config, _, _ in NAMED}
 # cost, about 0.4 s on two cores), "slow" behind the slow marker (both dtypes per draw).
 # The contract's conv2d_backward gets the larger share; im2col, the textbook second
 # implementation, a quick sample there and its 200 behind the marker.
-SWEEP_EXAMPLES = {"test": {"lax": 100, "im2col": 24}, "slow": {"lax": 200, "im2col": 200}}
+SWEEP_EXAMPLES = {"test": {"lax": 60, "im2col": 24}, "slow": {"lax": 200, "im2col": 200}}
 
 
 def _name(label, implementation):

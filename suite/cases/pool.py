@@ -219,7 +219,7 @@ NAMED_CONFIGS.update({label: config for label, config, _, _ in NAMED_ONE_KIND})
 # Draws of the hypothesis sweep in suite/tests/test_pool.py, max and avg drawn with the
 # geometry: "test" in every `make test` (one dtype per draw), "slow" behind the slow
 # marker (both dtypes per draw).
-SWEEP_EXAMPLES = {"test": 120, "slow": 400}
+SWEEP_EXAMPLES = {"test": 80, "slow": 400}
 
 for label, config, tier in NAMED:
     for kind in KINDS:
