@@ -212,10 +212,15 @@ def test_bad_mha_input_is_a_value_error(change, pattern):
 
 
 @pytest.mark.parametrize("shapes, pattern", [
-    (((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 3, 4)),
-     r"k must have the shape of q, \(B, heads, T, d\) = \(1, 2, 3, 4\), got \(1, 2, 5, 4\)"),
-    (((1, 2, 3, 4), (1, 2, 3, 4), (2, 3, 4)), r"v must have rank 4"),
+    (((1, 2, 3, 4), (1, 2, 5, 3), (1, 2, 5, 4)),
+     r"k must have the last axis d of q, \(..., heads, T, d\) = \(1, 2, 3, 4\), "
+     r"got \(1, 2, 5, 3\)"),
+    (((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 4, 4)), r"v must have the heads and T of k"),
+    (((1, 2, 3, 4), (1, 2, 3, 4), (3, 4)), r"v must have rank >= 3"),
     (((1, 2, 0, 4), (1, 2, 0, 4), (1, 2, 0, 4)), r"q must have T >= 1 and d >= 1"),
+    (((1, 3, 2, 4), (1, 2, 2, 4), (1, 2, 2, 4)),
+     r"the heads of q must be a multiple of those of k and v .*Hq = 3 .*Hk = 2"),
+    (((2, 2, 3, 4), (3, 2, 3, 4), (3, 2, 3, 4)), r"the leading \(batch\) axes of q, k and v"),
 ])
 def test_bad_attention_input_is_a_value_error(shapes, pattern):
     q, k, v = (jnp.ones(s) for s in shapes)
@@ -223,3 +228,166 @@ def test_bad_attention_input_is_a_value_error(shapes, pattern):
         attention.forward(q, k, v)
     with pytest.raises(ValueError, match="causal must be a bool"):
         attention.forward(*(jnp.ones((1, 1, 2, 2)),) * 3, causal="yes")
+
+
+@pytest.mark.parametrize("keywords, pattern", [
+    (dict(mask=jnp.ones((3, 2), bool)), r"mask must broadcast to the scores \(..., Hq, Tq, Tk\) "
+                                         r"= \(1, 4, 2, 3\), got shape \(3, 2\)"),
+    (dict(mask=jnp.ones((2, 1, 4, 2, 3), bool)), r"mask must broadcast to the scores"),
+    (dict(mask=jnp.ones((2, 3), jnp.int32)), r"mask must be boolean \(True = attend\) or an "
+                                              r"additive float array, got .* int32"),
+    (dict(scale="big"), r"scale must be a real number or None \(1/sqrt\(d\)\), got 'big'"),
+    (dict(scale=float("nan")), r"scale must be finite, got nan"),
+    (dict(dout=jnp.ones((1, 4, 3, 5))), r"dout must have the shape of out, \(..., Hq, Tq, dv\) = "
+                                        r"\(1, 4, 2, 5\), got \(1, 4, 3, 5\)"),
+])
+def test_bad_mask_scale_dout_is_a_value_error(keywords, pattern):
+    q, k, v = jnp.ones((1, 4, 2, 8)), jnp.ones((1, 2, 3, 8)), jnp.ones((1, 2, 3, 5))
+    dout = keywords.pop("dout", jnp.ones((1, 4, 2, 5)))
+    with pytest.raises(ValueError, match=pattern):
+        attention.backward(q, k, v, dout, **keywords)
+    if np.shape(dout) == (1, 4, 2, 5):
+        with pytest.raises(ValueError, match=pattern):
+            attention.forward(q, k, v, **keywords)
+
+
+def test_bad_context_and_mha_mask_are_value_errors():
+    params, x, dy = _mha_good()
+    with pytest.raises(ValueError, match=r"context must have shape \(B, S, D\) = \(2, S, 8\) "
+                                         r"with S >= 1 for x \(2, 3, 8\), got \(2, 5, 4\)"):
+        attention.mha_backward(params, x, dy, heads=2, context=jnp.ones((2, 5, 4)))
+    with pytest.raises(ValueError, match=r"context must have rank 3"):
+        attention.mha_forward(params, x, heads=2, context=jnp.ones((5, 8)))
+    with pytest.raises(ValueError, match=r"mask must broadcast to the scores \(..., Hq, Tq, Tk\) "
+                                         r"= \(2, 2, 3, 5\), got shape \(3, 3\)"):
+        attention.mha_forward(params, x, heads=2, context=jnp.ones((2, 5, 8)),
+                              mask=jnp.ones((3, 3), bool))
+
+
+# --- the general forms: grouped heads, broadcast axes, masks, cross-attention ------------
+
+GENERAL = "attention/general/cross-gqa-bool-masked-row"      # Hq 4, Hk 2, Tq 5, Tk 7
+BROADCAST = "attention/general/broadcast-additive-causal"    # batch (2, 3), additive, causal
+
+
+def np_general_backward(q, k, v, dout, mask=None, causal=False, scale=None, bug=None):
+    """The general backward in numpy, one (batch, head) at a time, with switches for the
+    classic mistakes of the general forms (shares no code with manual/)."""
+    q, k, v, dout = (np.asarray(a, np.float64) for a in (q, k, v, dout))
+    batch = np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    hq, tq, d = q.shape[-3:]
+    hk, tk = k.shape[-3:-1]
+    scale = d ** -0.5 if scale is None else scale
+    qb, kb, vb = (np.broadcast_to(a, batch + a.shape[-3:]) for a in (q, k, v))
+    bias = np.zeros(batch + (hq, tq, tk))
+    if mask is not None:
+        m = np.broadcast_to(np.asarray(mask), bias.shape)
+        bias = np.where(m, 0.0, -np.inf) if m.dtype == bool else bias + m
+    if causal:
+        offset = {"causal_bottom_right": tk - tq}.get(bug, 0)
+        bias = np.where(np.arange(tk)[None, :] <= np.arange(tq)[:, None] + offset, bias, -np.inf)
+    dq, dk, dv = np.zeros(qb.shape), np.zeros(kb.shape), np.zeros(vb.shape)
+    for idx in np.ndindex(*batch):
+        for h in range(hq):
+            c = h // (hq // hk)
+            if bug == "group_not_summed" and h % (hq // hk):
+                continue        # only the first query head of a group reaches k and v
+            s = qb[idx][h] @ kb[idx][c].T * scale + (0 if bug == "mask_ignored" else bias[idx][h])
+            rows = np.isfinite(s).any(-1)
+            e = np.exp(s - np.where(rows, s.max(-1), 0.0)[:, None])
+            p = e / np.where(rows, e.sum(-1), 1.0)[:, None]
+            if bug == "masked_row_uniform":
+                p[~rows] = 1.0 / tk
+            g = dout[idx][h]
+            dv[idx][c] += p.T @ g
+            dp = g @ vb[idx][c].T
+            ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+            dq[idx][h] = ds @ kb[idx][c]
+            dk[idx][c] += ds.T @ qb[idx][h]
+
+    def reduce_to(g, shape):
+        if bug == "broadcast_not_summed":
+            return g[(0,) * (g.ndim - len(shape))].reshape(-1)[:int(np.prod(shape))].reshape(shape)
+        g = g.sum(tuple(range(g.ndim - len(shape))))
+        return g.sum(tuple(i for i, n in enumerate(shape) if n == 1), keepdims=True)
+    return reduce_to(dq, q.shape), reduce_to(dk, k.shape), reduce_to(dv, v.shape)
+
+
+def _general_args(name):
+    inputs, reference = _case(name)
+    case = registry.get(name)
+    causal, scale = case.sizes["causal"], case.sizes.get("scale")
+    return (inputs["q"], inputs["k"], inputs["v"], inputs["dout"], inputs["mask"], causal,
+            scale), reference
+
+
+@pytest.mark.parametrize("name", [GENERAL, BROADCAST])
+def test_numpy_general_backward_agrees_with_autodiff(name):
+    args, reference = _general_args(name)
+    assert _judge(np_general_backward(*args), reference).passed
+
+
+@pytest.mark.parametrize("name, bug", [
+    (GENERAL, "group_not_summed"), (GENERAL, "mask_ignored"), (GENERAL, "masked_row_uniform"),
+    (BROADCAST, "broadcast_not_summed"), (BROADCAST, "causal_bottom_right"),
+    (BROADCAST, "mask_ignored"),
+])
+def test_planted_general_bug_fails(name, bug):
+    args, reference = _general_args(name)
+    assert not _judge(np_general_backward(*args, bug=bug), reference).passed, f"{bug} not caught"
+
+
+def test_a_fully_masked_row_gives_zeros_exactly():
+    inputs, _ = _case(GENERAL)       # query row 0 has every key masked
+    q, k, v, dout, mask = (inputs[n] for n in ("q", "k", "v", "dout", "mask"))
+    assert not bool(mask[..., 0, :].any())
+    out = attention.forward(q, k, v, mask=mask)
+    dq, dk, dv = attention.backward(q, k, v, dout, mask=mask)
+    np.testing.assert_array_equal(out[..., 0, :], 0.0)
+    np.testing.assert_array_equal(dq[..., 0, :], 0.0)
+    only_row0 = jnp.zeros_like(dout).at[..., 0, :].set(dout[..., 0, :])
+    for g in attention.backward(q, k, v, only_row0, mask=mask):
+        np.testing.assert_array_equal(g, 0.0)
+    assert all(bool(jnp.isfinite(g).all()) for g in (out, dq, dk, dv))
+
+
+def test_grouped_heads_equal_repeated_key_value_heads():
+    # query head h reads key/value head h // G: the same as repeating k and v G times
+    inputs, _ = _case(GENERAL)
+    q, k, v, dout, mask = (inputs[n] for n in ("q", "k", "v", "dout", "mask"))
+    kr, vr = np.repeat(np.asarray(k), 2, axis=1), np.repeat(np.asarray(v), 2, axis=1)
+    np.testing.assert_allclose(attention.forward(q, k, v, mask=mask),
+                               attention.forward(q, jnp.asarray(kr), jnp.asarray(vr), mask=mask),
+                               rtol=1e-13, atol=1e-14)
+    _, dkr, dvr = attention.backward(q, jnp.asarray(kr), jnp.asarray(vr), dout, mask=mask)
+    _, dk, dv = attention.backward(q, k, v, dout, mask=mask)
+    np.testing.assert_allclose(dk, np.asarray(dkr).reshape(2, 2, 2, 7, 8).sum(2), rtol=1e-12,
+                               atol=1e-13)
+    np.testing.assert_allclose(dv, np.asarray(dvr).reshape(2, 2, 2, 7, 6).sum(2), rtol=1e-12,
+                               atol=1e-13)
+
+
+def test_boolean_and_additive_masks_agree():
+    # a boolean mask is the additive mask with 0 where True and -inf where False
+    inputs, _ = _case(GENERAL)
+    q, k, v, dout, mask = (inputs[n] for n in ("q", "k", "v", "dout", "mask"))
+    additive = jnp.where(mask, 0.0, -jnp.inf)
+    for a, b in zip(attention.backward(q, k, v, dout, mask=mask, causal=True),
+                    attention.backward(q, k, v, dout, mask=additive, causal=True), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cross_attention_context_gradient_and_self_attention_form():
+    # with context = x, cross-attention's dx + dcontext is self-attention's dx
+    params, x, dy = _mha_good()
+    rng = np.random.default_rng(3)
+    params = {n: jnp.asarray(rng.standard_normal((8, 8))) for n in params}
+    x, dy = jnp.asarray(rng.standard_normal((2, 3, 8))), jnp.asarray(rng.standard_normal((2, 3, 8)))
+    dparams, dx = attention.mha_backward(params, x, dy, heads=2, causal=True)
+    cparams, cdx, dcontext = attention.mha_backward(params, x, dy, heads=2, causal=True, context=x)
+    np.testing.assert_allclose(cdx + dcontext, dx, rtol=1e-12, atol=1e-13)
+    for n in params:
+        np.testing.assert_allclose(cparams[n], dparams[n], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(attention.mha_forward(params, x, heads=2, context=x, causal=True),
+                               attention.mha_forward(params, x, heads=2, causal=True),
+                               rtol=1e-13, atol=1e-14)
