@@ -11,6 +11,18 @@ number of values each statistic averages (N, or N·H·W)::
     x̂      = (x - mu) / sigma
     y      = gamma ⊙ x̂ + beta
 
+Training mode needs M > 1: with one value per feature, x - mu = 0 and y = beta whatever
+x is, so (as torch) it raises "Expected more than 1 value per channel".
+
+Evaluation mode (``eval_forward`` / ``eval_backward``) normalises with running statistics
+mean and var, (D,) or (C,), given as constants (buffers, not differentiated)::
+
+    r      = 1 / sqrt(var + eps)            per feature, a constant
+    y      = gamma ⊙ (x - mean) r + beta    affine in x: no sample depends on another
+
+    dx     = gamma r ⊙ dy                   a diagonal Jacobian
+    dgamma = Σ dy ⊙ (x - mean) r            dbeta = Σ dy     (Σ over the M values)
+
 ``backward`` is the staged derivation: backprop through the computational graph one
 node at a time, in reverse (Karpathy's "backprop ninja", the cs231n batchnorm_backward)::
 
@@ -57,17 +69,20 @@ Example::
 """
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from manual._checks import require_float, require_positive, require_rank
 from manual.types import Array, ArrayLike
 
-__all__ = ["forward", "backward", "backward_fast"]
+__all__ = ["forward", "backward", "backward_fast", "eval_forward", "eval_backward"]
 
 
-def _check(x, gamma, beta, dy, eps):
+def _check(x, gamma, beta, dy, eps, stats=None):
     arrays = dict(x=x, gamma=gamma, beta=beta) if dy is None else dict(x=x, gamma=gamma,
                                                                        beta=beta, dy=dy)
+    if stats is not None:
+        arrays.update(stats)
     for name, a in arrays.items():
         require_float(name, a)
     if jnp.ndim(x) not in (2, 4):
@@ -75,9 +90,11 @@ def _check(x, gamma, beta, dy, eps):
                          f"{jnp.shape(x)} and dtype {jnp.result_type(x)}")
     require_rank("gamma", gamma, 1)
     require_rank("beta", beta, 1)
+    for name in stats or ():
+        require_rank(name, arrays[name], 1)
     c = jnp.shape(x)[1]
     what = "(D,)" if jnp.ndim(x) == 2 else "(C,)"
-    for name in ("gamma", "beta"):
+    for name in ("gamma", "beta") + tuple(stats or ()):
         if jnp.shape(arrays[name]) != (c,):
             raise ValueError(f"{name} must have shape {what} = ({c},) with x.shape[1] of "
                              f"x {jnp.shape(x)}, got {jnp.shape(arrays[name])}")
@@ -89,6 +106,11 @@ def _check(x, gamma, beta, dy, eps):
         got = ", ".join(f"{n}: {t}" for n, t in dtypes.items())
         raise ValueError(f"arguments must share one floating dtype, got {got}")
     require_positive("eps", eps)
+    m = int(np.prod(jnp.shape(x))) // max(c, 1)
+    if stats is None and m <= 1:  # training mode: the batch statistics need M > 1
+        raise ValueError(f"x: Expected more than 1 value per channel when training, got x of "
+                         f"shape {jnp.shape(x)} (M = {m} value per feature); use "
+                         f"eval_forward with running statistics for a single sample")
 
 
 def _axes(x):
@@ -186,3 +208,44 @@ def backward_fast(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dy: ArrayLike
     scale = _feature(gamma, x.ndim) * inv / m
     dx = scale * (m * dy - _feature(dbeta, x.ndim) - x_hat * _feature(dgamma, x.ndim))
     return dx, dgamma, dbeta
+
+
+def eval_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, mean: ArrayLike,
+                 var: ArrayLike, *, eps: float = 1e-5) -> Array:
+    """y = gamma ⊙ (x - mean) / sqrt(var + eps) + beta with running statistics (eval mode).
+
+    Args:
+      x: (N, D) or (N, C, H, W) (N = 1 is fine: no statistic is taken from the batch).
+      gamma, beta: scale and shift, (D,) or (C,).
+      mean, var: the running mean and (unbiased or not, as stored) variance, (D,) or (C,);
+        constants, not differentiated.
+      eps: added to var, > 0.
+
+    Returns:
+      y: the shape and dtype of x.
+    """
+    _check(x, gamma, beta, None, eps, stats=dict(mean=mean, var=var))
+    r = lax.rsqrt(_feature(var, x.ndim) + eps)
+    return _feature(gamma, x.ndim) * ((x - _feature(mean, x.ndim)) * r) + _feature(beta, x.ndim)
+
+
+def eval_backward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, mean: ArrayLike,
+                  var: ArrayLike, dy: ArrayLike, *,
+                  eps: float = 1e-5) -> tuple[Array, Array, Array]:
+    """dx = gamma r ⊙ dy, dgamma = Σ dy ⊙ (x - mean) r, dbeta = Σ dy; r = 1/sqrt(var + eps).
+
+    Args:
+      x, gamma, beta, mean, var: as ``eval_forward``.
+      dy: upstream gradient dE/dy, the shape of x.
+      eps: the forward's eps.
+
+    Returns:
+      (dx, dgamma, dbeta) with the shapes of (x, gamma, beta), in their dtype (mean and var
+      get no gradient).
+    """
+    _check(x, gamma, beta, dy, eps, stats=dict(mean=mean, var=var))
+    axes = _axes(x)
+    r = lax.rsqrt(_feature(var, x.ndim) + eps)
+    dgamma = jnp.sum(dy * ((x - _feature(mean, x.ndim)) * r), axis=axes)
+    dbeta = jnp.sum(dy, axis=axes)
+    return (_feature(gamma, x.ndim) * r) * dy, dgamma, dbeta

@@ -1,7 +1,9 @@
 """Layer normalisation and its backward pass, by hand.
 
-Forward, each row (the last axis, D features) normalised by its own statistics; every
-leading axis is a batch axis (x: (..., D), gamma and beta: (D,))::
+Forward, each row normalised by its own statistics. A row is the trailing gamma.ndim axes
+of x (torch's ``normalized_shape``; D features, the product of their sizes); every
+leading axis is a batch axis (x: (..., *normalized_shape), gamma and beta:
+normalized_shape; the usual case is one axis, (D,))::
 
     mu     = 1/D Σ_j x_j                    per row
     var    = 1/D Σ_j (x_j - mu)²            biased (the population variance)
@@ -10,7 +12,8 @@ leading axis is a batch axis (x: (..., D), gamma and beta: (D,))::
     y      = gamma ⊙ x̂ + beta
 
 Backward, given dy = dE/dy (the shape of x). gamma and beta are shared by the rows, so
-their gradients sum over every leading axis::
+their gradients sum over every leading axis (j runs over all D entries of a row, however
+many axes it spans: the derivation never looks at the row's shape)::
 
     dbeta  = Σ_rows dy
     dgamma = Σ_rows dy ⊙ x̂
@@ -48,7 +51,7 @@ Example::
 import jax.numpy as jnp
 from jax import lax
 
-from manual._checks import require_float, require_positive, require_rank
+from manual._checks import require_float, require_positive
 from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward"]
@@ -59,15 +62,23 @@ def _check(x, gamma, beta, dy, eps):
                                                                        beta=beta, dy=dy)
     for name, a in arrays.items():
         require_float(name, a)
-    if jnp.ndim(x) < 1:
-        raise ValueError(f"x must have rank >= 1 (..., D), got shape {jnp.shape(x)}")
-    require_rank("gamma", gamma, 1)
-    require_rank("beta", beta, 1)
-    d = jnp.shape(x)[-1]
+    if jnp.ndim(gamma) < 1:
+        raise ValueError(f"gamma must have rank >= 1 (normalized_shape), got shape "
+                         f"{jnp.shape(gamma)}")
+    k = jnp.ndim(gamma)
+    if jnp.ndim(x) < k:
+        raise ValueError(f"x must have rank >= {max(k, 1)} (..., *normalized_shape) for gamma "
+                         f"{jnp.shape(gamma)}, got shape {jnp.shape(x)}")
+    trailing = tuple(jnp.shape(x)[jnp.ndim(x) - k:])
     for name in ("gamma", "beta"):
-        if jnp.shape(arrays[name]) != (d,):
-            raise ValueError(f"{name} must have shape (D,) = ({d},) with D the last axis of "
-                             f"x {jnp.shape(x)}, got {jnp.shape(arrays[name])}")
+        if tuple(jnp.shape(arrays[name])) == trailing:
+            continue
+        if k == 1:
+            raise ValueError(f"{name} must have shape (D,) = ({trailing[0]},) with D the last "
+                             f"axis of x {jnp.shape(x)}, got {jnp.shape(arrays[name])}")
+        raise ValueError(f"{name} must have shape normalized_shape = {trailing}, the trailing "
+                         f"{k} axes of x {jnp.shape(x)} (gamma.ndim = {k}), got "
+                         f"{jnp.shape(arrays[name])}")
     if dy is not None and jnp.shape(dy) != jnp.shape(x):
         raise ValueError(f"dy must have the shape of x (and y), {jnp.shape(x)}, "
                          f"got {jnp.shape(dy)}")
@@ -79,30 +90,32 @@ def _check(x, gamma, beta, dy, eps):
 
 
 def _row(v, ndim):
-    """(D,) -> (1, ..., 1, D): explicit broadcasting over the leading axes."""
-    return v.reshape((1,) * (ndim - 1) + v.shape)
+    """normalized_shape -> (1, ..., 1, *normalized_shape): explicit broadcasting."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
-def _centre(x, eps):
-    """(x - mu, 1/sigma) per row; 1/sigma keeps its reduced axis (size 1) for broadcasting."""
-    xc = x - jnp.mean(x, axis=-1, keepdims=True)
-    return xc, lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + eps)
+def _centre(x, k, eps):
+    """(x - mu, 1/sigma) per row (the trailing k axes); 1/sigma keeps its reduced axes (size
+    1) for broadcasting."""
+    axes = tuple(range(x.ndim - k, x.ndim))
+    xc = x - jnp.mean(x, axis=axes, keepdims=True)
+    return xc, lax.rsqrt(jnp.mean(xc * xc, axis=axes, keepdims=True) + eps)
 
 
 def forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, *, eps: float = 1e-5) -> Array:
-    """y = gamma ⊙ (x - mu) / sqrt(var + eps) + beta, statistics over the last axis.
+    """y = gamma ⊙ (x - mu) / sqrt(var + eps) + beta, statistics over the trailing gamma.ndim axes.
 
     Args:
-      x: inputs, (..., D) (rank >= 1; leading axes are batch axes).
-      gamma: scale, (D,).
-      beta: shift, (D,).
+      x: inputs, (..., *normalized_shape) (leading axes are batch axes).
+      gamma: scale, normalized_shape (rank >= 1; (D,) normalises the last axis).
+      beta: shift, normalized_shape.
       eps: added to the (biased) variance, > 0.
 
     Returns:
       y: the shape and dtype of x.
     """
     _check(x, gamma, beta, None, eps)
-    xc, rstd = _centre(x, eps)
+    xc, rstd = _centre(x, gamma.ndim, eps)
     return _row(gamma, x.ndim) * (xc * rstd) + _row(beta, x.ndim)
 
 
@@ -111,9 +124,9 @@ def backward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dy: ArrayLike, *,
     """dx = (g - mean(g) - x̂ mean(g x̂)) / sigma with g = gamma ⊙ dy; dgamma, dbeta summed.
 
     Args:
-      x: inputs, (..., D).
-      gamma: scale, (D,).
-      beta: shift, (D,) (unused by the gradients, taken for a uniform signature).
+      x: inputs, (..., *normalized_shape).
+      gamma: scale, normalized_shape.
+      beta: shift, normalized_shape (unused by the gradients, taken for a uniform signature).
       dy: upstream gradient dE/dy, the shape of x.
       eps: the forward's eps.
 
@@ -121,13 +134,15 @@ def backward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dy: ArrayLike, *,
       (dx, dgamma, dbeta) with the shapes of (x, gamma, beta), in their dtype.
     """
     _check(x, gamma, beta, dy, eps)
-    xc, rstd = _centre(x, eps)
-    rows = tuple(range(x.ndim - 1))  # gamma and beta are shared by every row
+    k = gamma.ndim
+    xc, rstd = _centre(x, k, eps)
+    rows = tuple(range(x.ndim - k))  # gamma and beta are shared by every row
+    axes = tuple(range(x.ndim - k, x.ndim))  # the D entries of one row
     dgamma = jnp.sum(dy * (xc * rstd), axis=rows)
     dbeta = jnp.sum(dy, axis=rows)
     g = _row(gamma, x.ndim) * dy
     # x̂ mean(g x̂) / sigma = (x - mu) mean(g (x - mu)) / sigma³: per-row factors only, so
     # no x-sized x̂ is written out (what keeps this at autodiff's memory traffic)
-    row_term = jnp.mean(g * xc, axis=-1, keepdims=True) * (rstd * rstd * rstd)
-    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)) - xc * row_term
+    row_term = jnp.mean(g * xc, axis=axes, keepdims=True) * (rstd * rstd * rstd)
+    dx = rstd * (g - jnp.mean(g, axis=axes, keepdims=True)) - xc * row_term
     return dx, dgamma, dbeta

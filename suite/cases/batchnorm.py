@@ -8,8 +8,9 @@ the staged backward, ``batchnorm/fast/...`` the fused one. Inputs are (N, D), re
 over the batch, or NCHW, reduced per channel over (N, H, W).
 
 Edge cases: one feature (D = 1); a single image (N = 1, NCHW: the statistics still
-average H·W values); a single sample of an (N, D) batch (N = 1: x̂ = 0, y = beta and dx
-= dgamma = 0 exactly); and a near-constant feature, an honest ill-conditioned case
+average H·W values); a single sample of an (N, D) batch is refused, as torch refuses it
+(one value per feature: "Expected more than 1 value per channel"); and a near-constant
+feature, an honest ill-conditioned case
 exactly as layer norm's near-constant rows (suite/cases/layernorm.py): each feature is
 an offset ±4 plus a spread of 1e-3 over 64 samples, so x - mu cancels ~3.6 digits and
 dy/dx ≈ 300; the two sides still agree to the table and the witness to ~1e-11.
@@ -23,7 +24,8 @@ from manual import batchnorm
 from suite.cases import Family, register, register_family
 from suite.cases.common import numpy_rng, vjp_case
 
-__all__ = ["builder", "batchnorm_case", "IMPLEMENTATIONS", "CASES"]
+__all__ = ["builder", "batchnorm_case", "IMPLEMENTATIONS", "CASES", "plain_eval_forward",
+           "eval_builder", "eval_case", "EVAL_CASES"]
 
 register_family(Family(
     name="batchnorm",
@@ -35,7 +37,9 @@ register_family(Family(
                 "`batchnorm/fast/...`: the fused dx = gamma/(M sigma) (M dy − Σdy − x̂ Σ dy x̂) "
                 "(cs231n batchnorm_backward_alt). Both against jax.vjp of "
                 "manual.batchnorm.forward, with the finite-difference witness "
-                "(Ioffe & Szegedy 2015).",
+                "(Ioffe & Szegedy 2015). `batchnorm/eval/...`: evaluation mode with running "
+                "statistics (constants): dx = gamma ⊙ dy / sqrt(var + eps), against jax.vjp "
+                "of a plain-jnp forward.",
 ))
 
 IMPLEMENTATIONS = {"staged": batchnorm.backward, "fast": batchnorm.backward_fast}
@@ -81,7 +85,6 @@ CASES = (
     ("NCHW", (4, 3, 5, 6), {}, {"staged": "test", "fast": "test"}),
     ("near-constant", (64, 8), dict(offset=4.0, spread=1e-3), {"staged": "test", "fast": "slow"}),
     ("D1", (16, 1), {}, {"staged": "slow", "fast": "slow"}),
-    ("N1", (1, 8), {}, {"staged": "slow", "fast": "slow"}),
     ("N1-NCHW", (1, 3, 4, 4), {}, {"staged": "slow", "fast": "slow"}),
     # two samples: x̂ = ±sqrt(var / (var + eps)) whatever x is, so dx ∝ eps / (var + eps);
     # with eps = 1e-5 it is the remainder of a 5-digit cancellation (ill-conditioned past
@@ -101,3 +104,51 @@ for label, shape in (("bench-256x1024", (256, 1024)), ("bench-NCHW-32x64x32x32",
     for implementation in IMPLEMENTATIONS:
         register(batchnorm_case(_name(label, implementation), shape,
                                 implementation=implementation, tier="bench"))
+
+
+# --- evaluation mode: running statistics, constants of the layer -------------------------
+
+def plain_eval_forward(x, gamma, beta, mean, var, *, eps=1e-5):
+    """gamma (x - mean) / sqrt(var + eps) + beta in plain jnp: the oracle of eval mode."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (gamma.reshape(shape) * (x - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps)
+            + beta.reshape(shape))
+
+
+def eval_builder(shape):
+    """builder's x, gamma, beta, dy; running mean ~ N(0, 0.5²), var ~ U(0.5, 2)."""
+    base = builder(shape)
+
+    def build(key, dtype):
+        inputs = base(key, dtype)
+        rng = numpy_rng(key)
+        rng.standard_normal(1)  # a stream of its own after builder's draws
+        c = shape[1]
+        inputs["mean"] = jnp.asarray((0.5 * rng.standard_normal(c)).astype(dtype))
+        inputs["var"] = jnp.asarray(rng.uniform(0.5, 2.0, c).astype(dtype))
+        return inputs
+    return build
+
+
+def eval_case(name, shape, *, eps=1e-5, tier="test", **kwargs):
+    return vjp_case(name=name, family="batchnorm", build=eval_builder(shape),
+                    forward=functools.partial(plain_eval_forward, eps=eps),
+                    backward=functools.partial(batchnorm.eval_backward, eps=eps),
+                    primals=("x", "gamma", "beta"),
+                    arguments=("x", "gamma", "beta", "mean", "var"),
+                    sizes=dict(shape="x".join(map(str, shape)),
+                               layout="NCHW" if len(shape) == 4 else "ND", mode="eval", eps=eps),
+                    tier=tier, **kwargs)
+
+
+# (label, shape, tier): one sample is fine in eval mode (no batch statistics)
+EVAL_CASES = (
+    ("NCHW", (4, 3, 5, 6), "test"),
+    ("N1", (1, 8), "slow"),
+    ("N16-D8", (16, 8), "slow"),
+    ("N256-D1024", (256, 1024), "report"),
+)
+
+for label, shape, tier in EVAL_CASES:
+    register(eval_case(f"batchnorm/eval/{label}", shape, tier=tier))
+register(eval_case("batchnorm/eval/bench-NCHW-32x64x32x32", (32, 64, 32, 32), tier="bench"))

@@ -165,3 +165,58 @@ def test_bad_input_is_a_value_error_naming_the_argument(implementation, args, pa
 def test_bad_eps_is_a_value_error():
     with pytest.raises(ValueError, match="eps must be a positive number, got 0"):
         batchnorm.backward_fast(*_good(), eps=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 8), (1, 3, 1, 1)])
+def test_training_with_one_value_per_channel_raises_as_torch(shape):
+    # torch: "Expected more than 1 value per channel when training"; here y would be beta
+    x, c = jnp.ones(shape), shape[1]
+    with pytest.raises(ValueError, match=r"x: Expected more than 1 value per channel when "
+                                         r"training, got x of shape \(1, "):
+        batchnorm.forward(x, jnp.ones(c), jnp.zeros(c))
+    for backward in IMPLEMENTATIONS.values():
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            backward(x, jnp.ones(c), jnp.zeros(c), x)
+    # evaluation mode takes no statistic from the batch: one sample is fine
+    y = batchnorm.eval_forward(x, jnp.ones(c), jnp.zeros(c), jnp.zeros(c), jnp.ones(c), eps=0.5)
+    np.testing.assert_allclose(y, np.full(shape, 1 / np.sqrt(1.5)), rtol=1e-14)
+
+
+def np_eval_backward(x, gamma, mean, var, dy, eps=EPS, bug=None):
+    """Evaluation mode's backward in numpy, with the classic mistake: the batch statistics'
+    paths (training mode's Jacobian) where the running statistics are constants."""
+    x, gamma, mean, var, dy = (np.asarray(a, np.float64) for a in (x, gamma, mean, var, dy))
+    axes = _axes(x)
+    if bug == "training_jacobian":
+        return np_backward(x, gamma, dy, eps)
+    r = 1 / np.sqrt(_feature(var, x.ndim) + eps)
+    return (_feature(gamma, x.ndim) * r * dy,
+            (dy * (x - _feature(mean, x.ndim)) * r).sum(axes), dy.sum(axes))
+
+
+def test_eval_mode_numpy_backward_and_planted_bug():
+    case = registry.get("batchnorm/eval/NCHW")
+    inputs = case.build(jax.random.PRNGKey(case.seed), "float64")
+    reference = jax.jit(case.reference)(inputs)
+    args = [inputs[k] for k in ("x", "gamma", "mean", "var", "dy")]
+    assert cmp.compare(tuple(np_eval_backward(*args)), tuple(reference), "float64").passed
+    wrong = np_eval_backward(*args, bug="training_jacobian")
+    assert not cmp.compare(tuple(wrong), tuple(reference), "float64").passed
+    manual = batchnorm.eval_backward(*(inputs[k] for k in ("x", "gamma", "beta", "mean", "var",
+                                                           "dy")))
+    assert cmp.compare(tuple(manual), tuple(reference), "float64").passed
+
+
+@pytest.mark.parametrize("name, value, pattern", [
+    ("mean", np.ones(4), r"mean must have shape \(D,\) = \(3,\).*got \(4,\)"),
+    ("var", np.ones((3, 1)), r"var must have rank 1"),
+    ("var", np.ones(3, np.int32), r"var must be a floating-point array"),
+])
+def test_bad_running_statistics_are_value_errors(name, value, pattern):
+    x, gamma, beta, dy = _good()
+    stats = dict(mean=jnp.zeros(3), var=jnp.ones(3))
+    stats[name] = jnp.asarray(value)
+    with pytest.raises(ValueError, match=pattern):
+        batchnorm.eval_forward(x, gamma, beta, stats["mean"], stats["var"])
+    with pytest.raises(ValueError, match=pattern):
+        batchnorm.eval_backward(x, gamma, beta, stats["mean"], stats["var"], dy)

@@ -111,7 +111,10 @@ def _with(**kw):
     (_with(gamma=np.ones(3)),
      r"gamma must have shape \(D,\) = \(4,\) with D the last axis of x \(3, 4\), got \(3,\)"),
     (_with(beta=np.ones(5)), r"beta must have shape \(D,\) = \(4,\).*got \(5,\)"),
-    (_with(gamma=np.ones((1, 4))), r"gamma must have rank 1, got shape \(1, 4\)"),
+    (_with(gamma=np.ones((1, 4))), r"gamma must have shape normalized_shape = \(3, 4\), the "
+                                   r"trailing 2 axes of x \(3, 4\).*got \(1, 4\)"),
+    (_with(gamma=np.ones((2, 3, 4))), r"x must have rank >= 3 \(..., \*normalized_shape\)"),
+    (_with(gamma=np.float64(1.0)), r"gamma must have rank >= 1 \(normalized_shape\)"),
     (_with(x=np.float64(1.0)), r"x must have rank >= 1"),
     (_with(x=np.ones((3, 4), np.int32)), r"x must be a floating-point array"),
     (_with(gamma=np.ones(4, np.float32)), r"share one floating dtype, got .*gamma: float32"),
@@ -129,3 +132,23 @@ def test_bad_input_is_a_value_error_naming_the_argument(args, pattern):
 def test_bad_eps_is_a_value_error(eps):
     with pytest.raises(ValueError, match="eps must be a positive number"):
         layernorm.forward(*_good()[:3], eps=eps)
+
+
+def test_several_normalized_axes_are_one_row():
+    # normalising the trailing (4, 5) axes is normalising the flattened 20: same numbers
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
+    gamma, beta = 1 + 0.1 * rng.standard_normal((4, 5)), 0.1 * rng.standard_normal((4, 5))
+    y = layernorm.forward(jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta))
+    flat = layernorm.forward(jnp.asarray(x.reshape(3, 20)), jnp.asarray(gamma.reshape(20)),
+                             jnp.asarray(beta.reshape(20)))
+    np.testing.assert_allclose(y, np.asarray(flat).reshape(3, 4, 5), rtol=1e-13, atol=1e-14)
+    dx, dgamma, _ = layernorm.backward(jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta),
+                                       jnp.asarray(dy))
+    fdx, fdgamma, _ = layernorm.backward(*(jnp.asarray(a.reshape(s)) for a, s in (
+        (x, (3, 20)), (gamma, (20,)), (beta, (20,)), (dy, (3, 20)))))
+    np.testing.assert_allclose(dx, np.asarray(fdx).reshape(3, 4, 5), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dgamma, np.asarray(fdgamma).reshape(4, 5), rtol=1e-12, atol=1e-13)
+    # and the last axis alone is a different layer (the planted mistake: one axis only)
+    last = layernorm.forward(jnp.asarray(x), jnp.asarray(gamma[0]), jnp.asarray(beta[0]))
+    assert float(jnp.max(jnp.abs(last - y))) > 1e-2
