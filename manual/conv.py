@@ -296,7 +296,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, stride: IntOrPair = 1,
       x: images, (N, C_in, H, W), or one image (C_in, H, W).
       w: kernels, (C_out, C_in / groups, k_h, k_w).
       b: bias, (C_out,).
-      stride: int or pair, >= 1.
+      stride: int or pair, >= 1 (each int-or-pair argument takes a 1-tuple (n,) too, as torch).
       padding: int or pair (zeros on both sides), a pair of (before, after) pairs,
         "valid", or "same" (stride 1; the extra row or column after).
       dilation: int or pair, >= 1: spacing of the kernel taps.

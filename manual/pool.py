@@ -161,7 +161,8 @@ def pool_geometry(x: ArrayLike, dy: ArrayLike | None = None, *, window: IntOrPai
     arrays = dict(x=x) if dy is None else dict(x=x, dy=dy)
     require_floats({"x": np.ndim(x), "dy": np.ndim(x)}, **arrays)
     window = windows.int_pair("window", window, minimum=1)
-    stride = window if stride is None else windows.int_pair("stride", stride, minimum=1)
+    empty = isinstance(stride, (tuple, list)) and len(stride) == 0  # torch: () is the window
+    stride = window if stride is None or empty else windows.int_pair("stride", stride, minimum=1)
     padding = windows.int_pair("padding", padding, minimum=0)
     dilation = windows.int_pair("dilation", dilation, minimum=1)
     ceil_mode = _flag("ceil_mode", ceil_mode)
@@ -263,8 +264,8 @@ def max_pool2d(x: ArrayLike, *, window: IntOrPair, stride: IntOrPair | None = No
 
     Args:
       x: images, (N, C, H, W), or one image (C, H, W).
-      window: int or pair, the window (k_h, k_w).
-      stride: int or pair, >= 1; None means the window.
+      window: int or pair, the window (k_h, k_w) (each int-or-pair argument takes a 1-tuple).
+      stride: int, 1-tuple or pair, >= 1; None or () means the window (as torch).
       padding: int or pair, 0 <= p <= k/2.
       dilation: int or pair, >= 1: spacing of the window's taps.
       ceil_mode: keep a last partial window (torch's rule; see the module docstring).

@@ -62,16 +62,20 @@ def is_int(v: object) -> bool:
 
 
 def int_pair(name: str, value: object, *, minimum: int) -> Pair:
-    """``value`` (an int or a pair of ints) as a pair, each entry >= ``minimum``.
+    """``value`` (an int, a 1-tuple or a pair of ints) as a pair, each entry >= ``minimum``.
 
+    A 1-tuple ``(n,)`` (or ``[n]``) is ``n`` on both axes, as torch accepts it.
     Raises ValueError naming ``name`` otherwise.
     """
     if is_int(value):
         pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 1 and is_int(value[0]):
+        pair = (int(value[0]), int(value[0]))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_int, value)):
         pair = (int(value[0]), int(value[1]))
     else:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r} (a 1-tuple "
+                         f"(n,) is n on both axes)")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum} in each dimension, got {value!r}")
     return pair
@@ -80,13 +84,15 @@ def int_pair(name: str, value: object, *, minimum: int) -> Pair:
 def pad_pairs(name: str, value: object) -> PadPairs:
     """Padding as ((before, after) rows, (before, after) columns), each >= 0.
 
-    ``value`` is an int (every side), a pair (p_h, p_w) (symmetric per axis) or a pair of
-    (before, after) pairs. Raises ValueError naming ``name`` otherwise.
+    ``value`` is an int (every side), a 1-tuple (p,) (every side, as torch), a pair
+    (p_h, p_w) (symmetric per axis) or a pair of (before, after) pairs. Raises ValueError
+    naming ``name`` otherwise.
     """
     def is_pair(v):
         return isinstance(v, (tuple, list)) and len(v) == 2 and all(map(is_int, v))
 
-    if is_int(value) or is_pair(value):
+    one = isinstance(value, (tuple, list)) and len(value) == 1 and is_int(value[0])
+    if is_int(value) or is_pair(value) or one:
         ph, pw = int_pair(name, value, minimum=0)
         return ((ph, ph), (pw, pw))
     if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_pair, value))):

@@ -394,3 +394,19 @@ def test_sweep_full(impl):
         _sweep_one(config, impl, witness=witness == 0)
     check()
 
+
+
+def test_torchs_one_tuples_mean_the_int():
+    # torch's conv2d accepts stride=(2,), padding=(1,), dilation=(2,): both axes
+    rng = np.random.default_rng(4)
+    x, w, b = (jnp.asarray(rng.normal(size=s)) for s in ((1, 2, 9, 9), (3, 2, 3, 3), (3,)))
+    ints = conv.conv2d(x, w, b, stride=2, padding=1, dilation=2)
+    np.testing.assert_array_equal(conv.conv2d(x, w, b, stride=(2,), padding=(1,), dilation=[2]),
+                                  ints)
+    dy = jnp.asarray(rng.normal(size=ints.shape))
+    for a, c in zip(conv.conv2d_backward(x, w, b, dy, stride=(2,), padding=(1,), dilation=(2,)),
+                    conv.conv2d_backward(x, w, b, dy, stride=2, padding=1, dilation=2),
+                    strict=True):
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match=r"stride must be an int or a pair of ints, got \(\)"):
+        conv.conv2d(x, w, b, stride=())
