@@ -28,18 +28,54 @@ formula and its application" (IJCNN 2000).
 """
 
 import jax.numpy as jnp
+import numpy as np
 
 from manual import activations as _activations
 from manual import losses as _losses
 from manual._checks import require_float, require_rank
 from manual.types import Array, ArrayLike
 
-__all__ = ["backprop", "check_params", "forward", "grad", "l2_penalty", "loss", "stages"]
+__all__ = ["backprop", "check_l2", "check_params", "check_structure", "forward", "grad",
+           "l2_penalty", "loss", "stages"]
 
 # A name or Activation for every hidden layer, or a tuple/list with one per hidden layer.
 ActivationArg = _activations.ActivationLike | tuple | list
 # A tuple (or list) of (w, b) pairs, first layer first.
 Params = tuple | list
+
+
+def check_structure(params: Params) -> None:
+    """params must be a non-empty tuple (or list) of (w, b) pairs of arrays.
+
+    Checked before anything reads the layout (``params[l][0].shape``), so a wrong
+    container is a ValueError naming params, not a KeyError or an unpacking error.
+    """
+    if not isinstance(params, (tuple, list)) or not params:
+        raise ValueError(f"params must be a non-empty tuple of (w, b) pairs, got "
+                         f"{type(params).__name__}")
+    if len(params) == 2 and all(hasattr(p, "ndim") for p in params):
+        raise ValueError(f"params must be a tuple of (w, b) pairs, got a single pair of arrays "
+                         f"of shapes {np.shape(params[0])} and {np.shape(params[1])}; one layer "
+                         f"is ((w, b),)")
+    for l, layer in enumerate(params):
+        if not isinstance(layer, (tuple, list)) or len(layer) != 2:
+            got = (f"a dict with keys {sorted(layer)}" if isinstance(layer, dict)
+                   else type(layer).__name__)
+            raise ValueError(f"params[{l}] must be a (w, b) pair, got {got}")
+        if not all(hasattr(p, "ndim") for p in layer):
+            raise ValueError(f"params[{l}] must be a (w, b) pair of arrays, got "
+                             f"({type(layer[0]).__name__}, {type(layer[1]).__name__})")
+
+
+def check_l2(l2: ArrayLike) -> None:
+    """l2 (λ of ½ λ Σ ||W||²) must be a scalar >= 0 (a traced λ is taken as it is)."""
+    if np.ndim(l2) != 0:
+        raise ValueError(f"l2 must be a scalar, got shape {np.shape(l2)}")
+    number = isinstance(l2, (int, float, np.number)) and not isinstance(l2, (bool, np.bool_))
+    if isinstance(l2, (bool, np.bool_)) or (not number and not hasattr(l2, "dtype")):
+        raise ValueError(f"l2 must be a number >= 0, got {l2!r}")
+    if number and not l2 >= 0:
+        raise ValueError(f"l2 must be >= 0 (a weight-decay coefficient), got {l2!r}")
 
 
 def check_params(params: Params, x: ArrayLike) -> list:
@@ -48,11 +84,9 @@ def check_params(params: Params, x: ArrayLike) -> list:
     Raises ValueError naming the offending argument and shapes: params not a non-empty
     sequence of (w, b) pairs, widths that do not chain, non-float or mixed dtypes.
     """
+    check_structure(params)
     require_float("x", x)
     require_rank("x", x, 2)
-    if not isinstance(params, (tuple, list)) or not params:
-        raise ValueError(f"params must be a non-empty tuple of (w, b) pairs, got "
-                         f"{type(params).__name__}")
     widths = [x.shape[1]]
     for l, layer in enumerate(params, start=1):
         if not isinstance(layer, (tuple, list)) or len(layer) != 2:
@@ -124,6 +158,7 @@ def loss(params: Params, x: ArrayLike, y: ArrayLike, *, activation: ActivationAr
     Returns:
       A scalar in the dtype of x.
     """
+    check_l2(l2)
     logits = forward(params, x, activation=activation)
     return _losses.get(loss).value(logits, y) + l2_penalty(params, l2)
 
@@ -180,6 +215,7 @@ def backprop(params: Params, a: list, z: list, y: ArrayLike, *,
       (grads, dx) with dx: (N, n_0).
     """
     check_params(params, a[0])
+    check_l2(l2)
     if len(a) != len(params) or len(z) != len(params):
         raise ValueError(f"a and z must hold one entry per layer ({len(params)}), as stages "
                          f"returns them, got {len(a)} and {len(z)}")

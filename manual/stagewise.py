@@ -180,6 +180,7 @@ def layout(params: Params) -> tuple:
     Returns:
       Two tuples of Python ints, offsets and sizes P_l = (n_{l-1} + 1) n_l; P = sum(sizes).
     """
+    _mlp.check_structure(params)
     widths = [params[0][0].shape[0]] + [w.shape[1] for w, _ in params]
     return _layout(widths)
 
@@ -195,9 +196,10 @@ def _augment(a):
     return jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
 
 
-def _check_l2(l2):
-    if np.ndim(l2) != 0:
-        raise ValueError(f"l2 must be a scalar, got shape {np.shape(l2)}")
+def _check(params, x, l2):
+    """params (their structure first: nothing reads the layout before), x and l2 >= 0."""
+    _mlp.check_params(params, x)
+    _mlp.check_l2(l2)
 
 
 def _has_l2(l2):
@@ -263,7 +265,7 @@ def _costates(net, *, f2, first_diagonal=False):
 # --- the diagonal ------------------------------------------------------------------------
 
 def _diagonal(params, x, y, *, activation, loss, l2, f2):
-    _check_l2(l2)
+    _check(params, x, l2)
     net = _top(params, x, y, activation, loss)
     cs = _costates(net, f2=f2, first_diagonal=True)
     out = []
@@ -589,7 +591,7 @@ def curvature(params: Params, x: ArrayLike, y: ArrayLike, *,
     Returns:
       (P, P) in ravel_pytree(params) order, in the dtype of x.
     """
-    _check_l2(l2)
+    _check(params, x, l2)
     offsets, sizes = layout(params)
     total = sum(sizes)
     widths = [x.shape[1]] + [w.shape[1] for w, _ in params]
@@ -668,7 +670,7 @@ def hessian_blocks(params: Params, x: ArrayLike, y: ArrayLike, *,
       A tuple of L arrays (P_l, P_l), P_l = (n_{l-1} + 1) n_l, each in the ravel order of
       (w_l, b_l) (w_l row-major, then b_l), in the dtype of x.
     """
-    _check_l2(l2)
+    _check(params, x, l2)
     _, sizes = layout(params)
     widths = [x.shape[1]] + [w.shape[1] for w, _ in params]
     jobs = [job for l in range(len(sizes)) for job in _block_jobs(l, l, l, widths, 0, 0)]
@@ -728,7 +730,7 @@ def hessian_rows(params: Params, x: ArrayLike, y: ArrayLike, start: int, stop: i
         >>> bool(jnp.allclose(rows, stagewise.hessian(params, x, y, **kw)[5:11]))
         True
     """
-    _check_l2(l2)
+    _check(params, x, l2)
     offsets, sizes = layout(params)
     total = sum(sizes)
     _row_range(start, stop, total)
@@ -861,7 +863,7 @@ def hvp(params: Params, x: ArrayLike, y: ArrayLike, v: Params, *,
     Returns:
       H v, params-shaped, in the dtype of x.
     """
-    _check_l2(l2)
+    _check(params, x, l2)
     net = _top(params, x, y, activation, loss, second=False)
     _check_v(params, v)
     return _r_pass(params, net, v, l2, _r_top(loss, net, y))
@@ -893,13 +895,17 @@ def hessian_matvec(params: Params, x: ArrayLike, y: ArrayLike, *,
         >>> bool(jnp.allclose(matvec(jnp.eye(13)[4]), h[:, 4]))
         True
     """
-    _check_l2(l2)
+    _check(params, x, l2)
     net = _top(params, x, y, activation, loss, second=False)
     r_top = _r_top(loss, net, y)
     offsets, sizes = layout(params)
     total = sum(sizes)
 
     def matvec(v: ArrayLike) -> Array:
+        if isinstance(v, (tuple, list)):
+            raise ValueError(f"v must be a flat vector of shape ({total},) in "
+                             f"ravel_pytree(params) order, got a {type(v).__name__} of "
+                             f"{len(v)} entries (for a params-shaped v use stagewise.hvp)")
         if np.shape(v) != (total,):
             raise ValueError(f"v must be a flat vector of shape ({total},), got {np.shape(v)}")
         v = jnp.asarray(v, net.delta_top.dtype)

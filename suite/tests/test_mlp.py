@@ -261,3 +261,24 @@ def test_custom_vjp_wrapper_takes_per_layer_activations_and_a_user_loss():
                     jax.tree_util.tree_leaves(mlp.grad(params, x, y, **config)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-16)
     assert mlp_loss(**config) is mlp_loss(**dict(config, activation=(SILU, "tanh")))
+
+
+@pytest.mark.parametrize("l2, pattern", [
+    (-0.5, r"l2 must be >= 0 \(a weight-decay coefficient\), got -0.5"),
+    (True, r"l2 must be a number >= 0, got True"),
+    ("0.1", r"l2 must be a number >= 0, got '0.1'"),
+])
+def test_bad_l2_is_a_value_error(l2, pattern):
+    p0, x0, y0 = _net()
+    with pytest.raises(ValueError, match=pattern):
+        mlp.grad(p0, x0, y0, activation="tanh", loss="softmax_cross_entropy", l2=l2)
+    with pytest.raises(ValueError, match=pattern):
+        mlp.loss(p0, x0, y0, activation="tanh", loss="softmax_cross_entropy", l2=l2)
+
+
+def test_a_single_pair_or_dicts_as_params_are_value_errors():
+    (w1, b1), *_ = _net()[0]
+    with pytest.raises(ValueError, match=r"a single pair of arrays .* one layer is \(\(w, b\),\)"):
+        _call(params=(w1, b1))
+    with pytest.raises(ValueError, match=r"params\[0\] must be a \(w, b\) pair, got a dict"):
+        _call(params=[{"w": w1, "b": b1}])

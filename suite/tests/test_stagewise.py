@@ -375,3 +375,46 @@ def test_toolkit_bad_input_is_a_value_error(fn):
         fn(i["params"], i["x"], i["y"], **dict(KW, l2=jnp.ones(2)))
     with pytest.raises(ValueError, match=r"loss must be one of .* got 'hinge'"):
         fn(i["params"], i["x"], i["y"], **dict(KW, loss="hinge"))
+
+
+def _bad_params_forms(params):
+    (w0, b0) = params[0]
+    return [
+        ([{"w": w, "b": b} for w, b in params], r"params\[0\] must be a \(w, b\) pair, got a dict "
+                                                r"with keys \['b', 'w'\]"),
+        ((w0, b0), r"params must be a tuple of \(w, b\) pairs, got a single pair of arrays of "
+                   r"shapes \(\d+, \d+\) and \(\d+,\); one layer is \(\(w, b\),\)"),
+        ({"w": w0, "b": b0}, r"params must be a non-empty tuple of \(w, b\) pairs, got dict"),
+    ]
+
+
+@pytest.mark.parametrize("form", range(3))
+@pytest.mark.parametrize("fn", ["hessian", "gauss_newton", "hessian_blocks", "hessian_diagonal",
+                                "hessian_matvec", "layout"])
+def test_params_are_validated_before_their_layout_is_read(fn, form):
+    # a list of {'w', 'b'} dicts gave KeyError: 0, a single (w, b) pair "too many values"
+    i = _toolkit_inputs()
+    bad, pattern = _bad_params_forms(i["params"])[form]
+    with pytest.raises(ValueError, match=pattern):
+        if fn == "layout":
+            stagewise.layout(bad)
+        else:
+            getattr(stagewise, fn)(bad, i["x"], i["y"], **KW)
+
+
+def test_hessian_matvec_refuses_a_params_shaped_vector():
+    i = _toolkit_inputs()
+    matvec = stagewise.hessian_matvec(i["params"], i["x"], i["y"], **KW)
+    with pytest.raises(ValueError, match=r"v must be a flat vector of shape \(111,\) in "
+                                         r"ravel_pytree\(params\) order, got a tuple of 3 "
+                                         r"entries \(for a params-shaped v use stagewise.hvp\)"):
+        matvec(i["params"])
+
+
+@pytest.mark.parametrize("l2", [-0.1, -1, np.float64(-1e-3)])
+@pytest.mark.parametrize("fn", ["hessian", "hessian_diagonal", "hvp", "hessian_rows"])
+def test_negative_l2_is_a_value_error(fn, l2):
+    i = _toolkit_inputs()
+    args = {"hvp": (i["params"],), "hessian_rows": (0, 3)}.get(fn, ())
+    with pytest.raises(ValueError, match=r"l2 must be >= 0 \(a weight-decay coefficient\), got "):
+        getattr(stagewise, fn)(i["params"], i["x"], i["y"], *args, **dict(KW, l2=l2))
