@@ -30,6 +30,16 @@ sample standard deviation / sqrt(s)::
 
     t̂ = (1/s) Σ_k z_kᵀ A z_k,      se = std_k(z_kᵀ A z_k) / sqrt(s)
 
+Arguments are checked before any product: ``matvec`` must be a function (a matrix ``a``
+is passed as ``lambda v: a @ v``) that maps a (dim,) vector to a (dim,) vector (checked
+when it is traced: a wrong output shape, or an error raised inside it because ``dim`` does
+not match the operator, is a ValueError naming matvec and dim); ``key`` must be a
+jax.random key. One rule for dtypes, in both functions: ``dtype`` is the real floating
+dtype the probes and the Krylov basis are computed in (float16, bfloat16, float32,
+float64, or None for JAX's default float); an integer, boolean or complex dtype is a
+ValueError (Rademacher probes are ±1 in any dtype, but an integer Krylov basis cannot be
+normalised, and an integer zᵀ A z would silently truncate a float operator's products).
+
 Example::
 
     >>> import jax, jax.numpy as jnp
@@ -62,7 +72,51 @@ def _check_int(name, value, low, high):
 
 
 def _float_dtype(dtype):
-    return jnp.asarray(1.0).dtype if dtype is None else jnp.dtype(dtype)
+    """The computing dtype: a real floating dtype, or None for JAX's default float."""
+    if dtype is None:
+        return jnp.asarray(1.0).dtype
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be a real floating dtype (float32, float64, ...) or None, "
+                         f"got {dtype!r}") from None
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise ValueError(f"dtype must be a real floating dtype (float32, float64, ...) or None, "
+                         f"got {resolved} (integer, boolean and complex dtypes are refused)")
+    return resolved
+
+
+def _check_matvec(matvec, dim):
+    if not callable(matvec):
+        hint = " (for a matrix a, pass lambda v: a @ v)" if hasattr(matvec, "shape") else ""
+        raise ValueError(f"matvec must be a function v -> A v on ({dim},) vectors, got "
+                         f"{type(matvec).__name__}{hint}")
+
+
+def _check_key(key):
+    """A typed jax.random key, or a raw uint32 key (jax.random.PRNGKey)."""
+    typed = hasattr(key, "dtype") and str(key.dtype).startswith("key<")
+    raw = (hasattr(key, "dtype") and key.dtype == jnp.uint32 and np.ndim(key) == 1
+           and np.shape(key)[0] >= 2)
+    if not (typed or raw):
+        got = (f"shape {np.shape(key)} and dtype {key.dtype}" if hasattr(key, "dtype")
+               else repr(key))
+        raise ValueError(f"key must be a jax.random key (jax.random.key(0) or "
+                         f"jax.random.PRNGKey(0)), got {got}")
+
+
+def _apply(matvec, v, dim):
+    """matvec(v), its output checked to be (dim,) (at trace time)."""
+    try:
+        w = matvec(v)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"matvec must map a ({dim},) vector to a ({dim},) vector, but calling "
+                         f"it on one raised {type(error).__name__}: {error} (does dim = {dim} "
+                         f"match the operator?)") from error
+    if np.shape(w) != (dim,):
+        raise ValueError(f"matvec must return a ({dim},) vector for a ({dim},) input (dim = "
+                         f"{dim}), got shape {np.shape(w)}")
+    return w
 
 
 def default_iters(dim: int, k: int) -> int:
@@ -92,21 +146,25 @@ def lanczos(matvec: Matvec, dim: int, k: int, *, key: ArrayLike, iters: int | No
       key: a jax.random key for the starting vector (and restarts).
       iters: Lanczos steps m, k <= m <= dim (None: ``default_iters(dim, k)``). More
         steps converge more eigenvalues further; m = dim is exact up to rounding.
-      dtype: the dtype of the Krylov basis and of the results; float64 needs x64 (without
-        it JAX computes in float32 and warns). None: JAX's default float.
+      dtype: the real floating dtype of the Krylov basis and of the results; float64
+        needs x64 (without it JAX computes in float32 and warns). None: JAX's default
+        float. Integer dtypes are refused (the module docstring's rule).
 
     Returns:
       (eigenvalues (k,) in descending order, eigenvectors (dim, k) with unit columns),
       the Ritz pairs of the m-step Krylov space.
 
     Raises:
-      ValueError: dim, k or iters out of range or not ints.
+      ValueError: dim, k or iters out of range or not ints; matvec not a function or not
+      (dim,) -> (dim,); key not a jax.random key; dtype not a real floating dtype.
     """
     _check_int("dim", dim, 1, np.iinfo(np.int32).max)
     _check_int("k", k, 1, dim)
     m = default_iters(dim, k) if iters is None else iters
     _check_int("iters", m, k, dim)
     dtype = _float_dtype(dtype)
+    _check_matvec(matvec, dim)
+    _check_key(key)
     q0 = random.normal(key, (dim,), dtype)
     basis = jnp.zeros((m + 1, dim), dtype).at[0].set(q0 / jnp.linalg.norm(q0))
     alpha, beta = jnp.zeros(m, dtype), jnp.zeros(m, dtype)
@@ -119,7 +177,7 @@ def lanczos(matvec: Matvec, dim: int, k: int, *, key: ArrayLike, iters: int | No
     def step(j, carry):
         basis, alpha, beta = carry
         q = basis[j]
-        w = jnp.asarray(matvec(q), dtype)
+        w = jnp.asarray(_apply(matvec, q, dim), dtype)
         a = jnp.vdot(q, w)
         # rows > j of the basis are still zero: orthogonalising against all rows is exact
         w = _orthogonalise(basis, w)
@@ -147,18 +205,23 @@ def hutchinson_trace(matvec: Matvec, dim: int, *, key: ArrayLike, samples: int,
       dim: the size of A.
       key: a jax.random key for the probes.
       samples: the number of probes s >= 2 (the standard error needs two).
-      dtype: the dtype of the probes (None: JAX's default float, float64 under x64).
+      dtype: the real floating dtype of the probes (None: JAX's default float, float64
+        under x64); integer dtypes are refused, as in ``lanczos``.
 
     Returns:
       (estimate, standard_error): the mean of zᵀ A z over the probes and the sample
       standard deviation of those values / sqrt(s), scalars in the dtype of zᵀ A z.
 
     Raises:
-      ValueError: dim or samples out of range or not ints.
+      ValueError: dim or samples out of range or not ints; matvec not a function or not
+      (dim,) -> (dim,); key not a jax.random key; dtype not a real floating dtype.
     """
     _check_int("dim", dim, 1, np.iinfo(np.int32).max)
     _check_int("samples", samples, 2, np.iinfo(np.int32).max)
-    probes = random.rademacher(key, (samples, dim), jnp.int8).astype(_float_dtype(dtype))
-    values = lax.map(lambda z: jnp.vdot(z, matvec(z)), probes)
+    dtype = _float_dtype(dtype)
+    _check_matvec(matvec, dim)
+    _check_key(key)
+    probes = random.rademacher(key, (samples, dim), jnp.int8).astype(dtype)
+    values = lax.map(lambda z: jnp.vdot(z, _apply(matvec, z, dim)), probes)
     estimate = jnp.mean(values)
     return estimate, jnp.std(values, ddof=1) / np.sqrt(samples)

@@ -127,3 +127,67 @@ def test_lanczos_top10_at_p3k_within_1e8_of_eigh():
 def test_bad_input_is_a_value_error(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+def test_default_iters_for_every_k():
+    # min(dim, max(4 k, k + 110)), worked by hand: k + 110 up to k = 36 (146 > 144), 4 k from
+    # k = 37 on (148 > 147); dim caps both. Every other test uses k <= 10, the k + 110 branch.
+    big = 10**6
+    assert [spectrum.default_iters(big, k) for k in (1, 10, 36)] == [111, 120, 146]
+    assert [spectrum.default_iters(big, k) for k in (37, 50, 1000)] == [148, 200, 4000]
+    assert [spectrum.default_iters(d, k) for d, k in ((100, 40), (150, 37), (5, 3))] == [100,
+                                                                                        148, 5]
+
+
+def _identity(v):
+    return v
+
+
+KEY = jax.random.PRNGKey(0)
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda: spectrum.lanczos(jnp.eye(5), 5, 2, key=KEY),
+     r"matvec must be a function v -> A v on \(5,\) vectors, got ArrayImpl \(for a matrix a, "
+     r"pass lambda v: a @ v\)"),
+    (lambda: spectrum.hutchinson_trace(None, 5, key=KEY, samples=3),
+     r"matvec must be a function v -> A v on \(5,\) vectors, got NoneType"),
+    (lambda: spectrum.lanczos(lambda v: jnp.ones((5, 1)), 5, 2, key=KEY),
+     r"matvec must return a \(5,\) vector for a \(5,\) input \(dim = 5\), got shape \(5, 1\)"),
+    (lambda: spectrum.hutchinson_trace(lambda v: v[:3], 5, key=KEY, samples=3),
+     r"matvec must return a \(5,\) vector .* got shape \(3,\)"),
+    (lambda: spectrum.lanczos(lambda v: jnp.eye(6) @ v, 5, 2, key=KEY),
+     r"matvec must map a \(5,\) vector to a \(5,\) vector, but calling it on one raised "
+     r"TypeError: .* \(does dim = 5 match the operator\?\)"),
+    (lambda: spectrum.hutchinson_trace(lambda v: jnp.eye(6) @ v, 5, key=KEY, samples=3),
+     r"does dim = 5 match the operator\?"),
+    (lambda: spectrum.lanczos(_identity, 5, 2, key=0),
+     r"key must be a jax.random key \(jax.random.key\(0\) or jax.random.PRNGKey\(0\)\), got 0"),
+    (lambda: spectrum.hutchinson_trace(_identity, 5, key=jnp.zeros(2), samples=3),
+     r"key must be a jax.random key .* got shape \(2,\) and dtype float"),
+])
+def test_bad_matvec_dim_and_key_are_value_errors(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.int32, jnp.bool_, jnp.complex64, "float"])
+def test_one_dtype_rule_for_both_functions(dtype):
+    # the rule: a real floating dtype or None, in lanczos and hutchinson_trace alike
+    # ("float" is numpy's alias of float64: accepted)
+    if dtype == "float":
+        assert spectrum.hutchinson_trace(_identity, 4, key=KEY, samples=2, dtype=dtype)[0] == 4
+        return
+    pattern = r"dtype must be a real floating dtype \(float32, float64, ...\) or None, got "
+    with pytest.raises(ValueError, match=pattern):
+        spectrum.lanczos(_identity, 5, 2, key=KEY, dtype=dtype)
+    with pytest.raises(ValueError, match=pattern):
+        spectrum.hutchinson_trace(_identity, 5, key=KEY, samples=3, dtype=dtype)
+
+
+def test_float16_and_typed_keys_are_accepted():
+    est, _ = spectrum.hutchinson_trace(_identity, 4, key=jax.random.key(2), samples=2,
+                                       dtype=jnp.float16)
+    assert est.dtype == jnp.float16 and float(est) == 4.0
+    vals, _ = spectrum.lanczos(_identity, 3, 1, key=jax.random.key(2), dtype=jnp.float32)
+    assert abs(float(vals[0]) - 1.0) < 1e-6
