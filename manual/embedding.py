@@ -74,11 +74,17 @@ def _check(table, ids, dy=None):
 
 
 def forward(table: ArrayLike, ids: ArrayLike) -> Array:
-    """y = table[ids].
+    """y = table[ids] for ids in [0, V); an out-of-range id is never clamped.
+
+    Eagerly an id outside [0, V) is a ValueError. Under ``jax.jit`` (values unknown while
+    tracing) a negative id in [-V, 0) counts from the end, and an id outside [-V, V) gives
+    a row of NaN (``jnp.take(mode="fill")``), not the clamped row plain ``table[ids]``
+    would give under jit: a bad id shows up in the output instead of silently reading
+    row 0 or V-1.
 
     Args:
       table: (V, D).
-      ids: integer ids in [0, V), any shape S.
+      ids: integer ids in [0, V), any shape S (see above for other values).
 
     Returns:
       y: S + (D,), in the dtype of the table.
@@ -95,6 +101,10 @@ def backward(table: ArrayLike, ids: ArrayLike, dy: ArrayLike) -> Array:
       table: (V, D) (only its shape and dtype are used).
       ids: the forward's ids, any shape S.
       dy: upstream gradient dE/dy, S + (D,).
+
+    Ids as in ``forward``: eagerly outside [0, V) a ValueError; under jit a negative id
+    counts from the end and an id outside [-V, V) adds nothing (its NaN row is read by no
+    one).
 
     Returns:
       dtable: (V, D), zero in every row no id reads, in the dtype of the table.

@@ -115,6 +115,13 @@ def test_under_jit_ids_follow_jax_indexing_exactly_as_autodiff_does():
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(dtable, [[1.0] * 3, [0.0] * 3, [0.0] * 3, [2.0] * 3])
     np.testing.assert_array_equal(dtable, dtable_ref)
+    # the clamp of plain table[ids] under jit would read row 3 for id 7: not what is done,
+    # and the docstrings say so (the behaviour and the documentation agree)
+    clamped = jax.jit(lambda t, i: t[i])(table, ids)
+    assert not np.isnan(np.asarray(clamped[2])).any()
+    for fn in (embedding.forward, embedding.backward):
+        assert "[-V, V)" in fn.__doc__ and "ValueError" in fn.__doc__
+    assert "NaN" in embedding.forward.__doc__ and "never clamped" in embedding.forward.__doc__
 
 
 # --- vjp_case with a non-differentiated argument -----------------------------------------
