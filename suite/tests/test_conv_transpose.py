@@ -79,6 +79,25 @@ def test_forward_matches_the_definition(xs, ws, s, p, pads, op, d, g):
                                rtol=1e-12, atol=1e-12)
 
 
+# The input, once stride-dilated, narrower than the dilated kernel on at least one axis,
+# (n - 1)·s + 1 < (k - 1)·d + 1: manual/conv.py's input_gradient dilates and pads it
+# explicitly there (a branch of its own, which no FORWARD_CONFIGS entry and no registry
+# case's forward reaches: the registry checks only the backward on it).
+NARROW_CONFIGS = [
+    ((2, 2, 2, 3), (2, 3, 3, 3), (2, 1), 0, ((0, 0), (0, 0)), (0, 0), (2, 1), 1),
+    ((1, 4, 1, 3), (4, 1, 3, 2), (3, 1), (1, 0), ((1, 1), (0, 0)), (2, 0), (1, 2), 2),
+    ((3, 2, 2), (3, 2, 4, 2), (1, 2), ((2, 1), (0, 1)), ((2, 1), (0, 1)), (0, 1), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("xs, ws, s, p, pads, op, d, g", NARROW_CONFIGS)
+def test_forward_on_the_narrow_branch_matches_the_definition(xs, ws, s, p, pads, op, d, g):
+    narrow = [(n - 1) * st + 1 < (k - 1) * dl + 1
+              for n, st, k, dl in zip(xs[-2:], s, ws[-2:], d, strict=True)]
+    assert any(narrow), "the configuration must reach the narrow branch"
+    test_forward_matches_the_definition(xs, ws, s, p, pads, op, d, g)
+
+
 @pytest.mark.parametrize("xs, ws, s, p, pads, op, d, g",
                          [FORWARD_CONFIGS[k] for k in (3, 5, 6)])
 def test_forward_is_conv2d_input_gradient_and_the_two_are_adjoint(xs, ws, s, p, pads, op,
