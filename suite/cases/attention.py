@@ -215,14 +215,17 @@ def general_case(name, q_shape, k_shape, v_shape, *, mask_shape=None, mask_kind=
                     tier=tier, **kwargs)
 
 
-# (label, q, k, v shapes, keywords, tier). "test": cross-attention with grouped heads and a
-# boolean mask with a fully masked row; broadcast batch axes with an additive mask (holding
-# -inf), causal with Tq < Tk and a custom scale. "slow": the rest, one form at a time.
+# (label, q, k, v shapes, keywords, tier). "test": one case with every form at once —
+# broadcast batch axes, grouped heads (Hq 4, Hk 2), cross-attention with Tq < Tk, causal,
+# an additive mask holding -inf with a fully masked row, a custom scale (a boolean mask is
+# that additive mask's special case: test_attention.py checks the two agree exactly).
+# "slow": each form on its own, and a boolean mask.
 GENERAL = (
+    ("broadcast-gqa-cross-additive-causal-masked-row", (2, 1, 4, 6, 4), (1, 3, 2, 9, 4),
+     (1, 3, 2, 9, 5),
+     dict(mask_shape=(6, 9), mask_kind="float", masked_rows=1, causal=True, scale=0.3), "test"),
     ("cross-gqa-bool-masked-row", (2, 4, 5, 8), (2, 2, 7, 8), (2, 2, 7, 6),
-     dict(mask_shape=(2, 1, 5, 7), mask_kind="bool", masked_rows=1), "test"),
-    ("broadcast-additive-causal", (2, 1, 4, 6, 4), (1, 3, 2, 9, 4), (1, 3, 2, 9, 5),
-     dict(mask_shape=(6, 9), mask_kind="float", causal=True, scale=0.3), "test"),
+     dict(mask_shape=(2, 1, 5, 7), mask_kind="bool", masked_rows=1), "slow"),
     ("cross-Tq7-Tk3", (2, 2, 7, 4), (2, 2, 3, 4), (2, 2, 3, 4), {}, "slow"),
     ("cross-Tq7-Tk3-causal", (2, 2, 7, 4), (2, 2, 3, 4), (2, 2, 3, 4), dict(causal=True),
      "slow"),

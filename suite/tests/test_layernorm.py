@@ -134,21 +134,23 @@ def test_bad_eps_is_a_value_error(eps):
         layernorm.forward(*_good()[:3], eps=eps)
 
 
+@jax.jit
+def _multi_and_flat(x, gamma, beta, dy):
+    flat = [a.reshape(s) for a, s in ((x, (3, 20)), (gamma, (20,)), (beta, (20,)), (dy, (3, 20)))]
+    return (layernorm.forward(x, gamma, beta), layernorm.backward(x, gamma, beta, dy),
+            layernorm.forward(*flat[:3]), layernorm.backward(*flat),
+            layernorm.forward(x, gamma[0], beta[0]))
+
+
 def test_several_normalized_axes_are_one_row():
     # normalising the trailing (4, 5) axes is normalising the flattened 20: same numbers
     rng = np.random.default_rng(7)
     x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
     gamma, beta = 1 + 0.1 * rng.standard_normal((4, 5)), 0.1 * rng.standard_normal((4, 5))
-    y = layernorm.forward(jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta))
-    flat = layernorm.forward(jnp.asarray(x.reshape(3, 20)), jnp.asarray(gamma.reshape(20)),
-                             jnp.asarray(beta.reshape(20)))
+    y, (dx, dgamma, _), flat, (fdx, fdgamma, _), last = _multi_and_flat(
+        *(jnp.asarray(a) for a in (x, gamma, beta, dy)))
     np.testing.assert_allclose(y, np.asarray(flat).reshape(3, 4, 5), rtol=1e-13, atol=1e-14)
-    dx, dgamma, _ = layernorm.backward(jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta),
-                                       jnp.asarray(dy))
-    fdx, fdgamma, _ = layernorm.backward(*(jnp.asarray(a.reshape(s)) for a, s in (
-        (x, (3, 20)), (gamma, (20,)), (beta, (20,)), (dy, (3, 20)))))
     np.testing.assert_allclose(dx, np.asarray(fdx).reshape(3, 4, 5), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(dgamma, np.asarray(fdgamma).reshape(4, 5), rtol=1e-12, atol=1e-13)
     # and the last axis alone is a different layer (the planted mistake: one axis only)
-    last = layernorm.forward(jnp.asarray(x), jnp.asarray(gamma[0]), jnp.asarray(beta[0]))
     assert float(jnp.max(jnp.abs(last - y))) > 1e-2
