@@ -97,8 +97,9 @@ CASES = (
     ("N64-D256", (64, 256), {}, "slow"),
     ("N512-D1024", (512, 1024), {}, "report"),
     # normalized_shape of several axes, as torch's: the statistics over the trailing
-    # gamma.ndim axes, against jax.vjp of plain_forward
-    ("normalized2-rank3", (3, 4, 5), dict(normalized=2), "test"),
+    # gamma.ndim axes, against jax.vjp of plain_forward ("slow": make test checks instead
+    # that two axes equal their flattened one, itself a "test" row, in test_layernorm.py)
+    ("normalized2-rank3", (3, 4, 5), dict(normalized=2), "slow"),
     ("normalized3-rank4", (2, 3, 4, 5), dict(normalized=3), "slow"),
     ("normalized2-rank2", (6, 7), dict(normalized=2), "slow"),
 )
