@@ -90,12 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--family", type=FAMILIES, default=None, help="comma-separated families")
     ls.add_argument("--tier", type=TIERS, default=None, help="comma-separated tiers (default: all)")
 
-    rep = sub.add_parser("report", help="run cases and studies, write <out>/<device>/report.md")
+    rep = sub.add_parser("report", help="run cases and studies, write <out>/<device>/report.md "
+                                        "(<out>/<device>-quick/ with --quick)")
     rep.add_argument("--device", default=None, choices=PLATFORMS,
                      help="platform to run on (default: JAX's default device); an absent "
                           "device is an error, never a silent CPU run")
     rep.add_argument("--dtype", type=DTYPES, default=registry.DTYPES)
-    rep.add_argument("--out", default="reports", help="output root (default: reports)")
+    rep.add_argument("--out", default="reports",
+                     help="output root (default: reports): the report goes to <out>/<device>/, "
+                          "a quick one to <out>/<device>-quick/")
     rep.add_argument("--family", type=FAMILIES, default=None)
     rep.add_argument("--tier", type=TIERS, default=None,
                      help="tiers to include (default: test,slow,report; test with --quick)")
@@ -254,7 +257,8 @@ def _report(args: argparse.Namespace) -> int:
         f"{len(studies)} studies{' at small size' if args.quick else ''}; "
         f"{have} {device.platform} device(s){left_out}")
     title = "backprop-suite quick report" if args.quick else "backprop-suite report"
-    paths = write_report(results, os.path.join(args.out, device.platform), title=title)
+    folder = device.platform + ("-quick" if args.quick else "")  # never the full report's
+    paths = write_report(results, os.path.join(args.out, folder), title=title)
     print(verdict(results).replace("**", ""))
     print(f"wrote {', '.join(paths.values())} in {time.perf_counter() - start:.0f} s")
     return 0 if results.passed else 1
