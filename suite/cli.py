@@ -86,6 +86,12 @@ def _worker_count(text: str) -> int:
     return value
 
 
+def _cores() -> int:
+    """The cores this process may use, at most 8 (each worker holds a JAX of its own)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, usable or 1))
+
+
 def _family_names() -> list[str]:
     return [f.name for f in registry.families()]
 
@@ -130,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                           "accelerators is an error")
     rep.add_argument("--workers", type=_worker_count, default=None,
                      help="processes that judge the rows (then the run times are measured "
-                          "in this process alone); default: the number of cores on a CPU, 1 "
-                          "on a GPU or TPU (one accelerator, one process)")
+                          "in this process alone); default: the number of cores on a CPU (at "
+                          "most 8), 1 on a GPU or TPU (one accelerator, one process)")
     cache = rep.add_mutually_exclusive_group()
     cache.add_argument("--compile-cache", metavar="DIR", default=None,
                        help="JAX's persistent compilation cache for this run (default: "
@@ -279,7 +285,7 @@ def _report(args: argparse.Namespace) -> int:
         if not selected and not studies:
             raise ValueError(f"nothing to run{left_out}")
         print(f"backprop-suite: {left_out[2:]}", file=sys.stderr)
-    workers = args.workers or ((os.cpu_count() or 1) if device.platform == "cpu" else 1)
+    workers = args.workers or (_cores() if device.platform == "cpu" else 1)
     rows = sum(1 for c in selected for d in args.dtype if d in c.dtypes)
     timed_apart = rows if workers > 1 and not args.quick else 0
     start = time.perf_counter()

@@ -355,7 +355,12 @@ def _run_two_phases(pairs: list[tuple[Case, str]], device: jax.Device, workers: 
             jobs = [pool.submit(_worker_judge, pairs[i][0].name, pairs[i][1], device.platform,
                                 timing, fd, truth) for i in shared]
             for i, job in zip(shared, jobs, strict=True):
-                rows[i], pid, counts[pid] = job.result()
+                try:
+                    rows[i], pid, counts[pid] = job.result()
+                except Exception as err:  # a worker that died (an XLA abort): an ERROR row
+                    rows[i] = _new_row(pairs[i][0], pairs[i][1], device)
+                    _error(rows[i], err)
+                    rows[i].message = f"in a worker process: {rows[i].message}"
                 if progress:
                     progress(rows[i])
     for i in here:
