@@ -6,6 +6,11 @@ study is FAIL or ERROR, 0 when everything passes. This process — and only this
 switches JAX to the suite's strict settings (suite.config.configure), except for
 ``check``: it runs a user's file with JAX's settings as they are (ordinary user code
 broadcasts implicitly), and exits 1 on a FAIL or ERROR, 2 on a usage error.
+
+``report`` also turns on JAX's persistent compilation cache for this process and its
+workers (``--compile-cache DIR``, default outside the repository; ``--no-compile-cache``),
+so a repeated report loads its executables instead of compiling them, and judges the rows
+in ``--workers`` processes (default: one per core on a CPU) before it times them alone.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from suite import checkfile
 from suite import studies as study_registry
 from suite.bench import run_bench
 from suite.check import CheckResult
-from suite.config import configure
+from suite.config import configure, default_compile_cache, use_compile_cache
 from suite.report import fmt, verdict, write_report
 from suite.results import Row, StudyResult
 from suite.run import PLATFORMS, resolve_device, run_all
@@ -70,6 +75,23 @@ def _device_count(text: str) -> int:
     return value
 
 
+def _worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of processes, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cores() -> int:
+    """The cores this process may use, at most 8 (each worker holds a JAX of its own)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, usable or 1))
+
+
 def _family_names() -> list[str]:
     return [f.name for f in registry.families()]
 
@@ -90,12 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--family", type=FAMILIES, default=None, help="comma-separated families")
     ls.add_argument("--tier", type=TIERS, default=None, help="comma-separated tiers (default: all)")
 
-    rep = sub.add_parser("report", help="run cases and studies, write <out>/<device>/report.md")
+    rep = sub.add_parser("report", help="run cases and studies, write <out>/<device>/report.md "
+                                        "(<out>/<device>-quick/ with --quick)")
     rep.add_argument("--device", default=None, choices=PLATFORMS,
                      help="platform to run on (default: JAX's default device); an absent "
                           "device is an error, never a silent CPU run")
     rep.add_argument("--dtype", type=DTYPES, default=registry.DTYPES)
-    rep.add_argument("--out", default="reports", help="output root (default: reports)")
+    rep.add_argument("--out", default="reports",
+                     help="output root (default: reports): the report goes to <out>/<device>/, "
+                          "a quick one to <out>/<device>-quick/")
     rep.add_argument("--family", type=FAMILIES, default=None)
     rep.add_argument("--tier", type=TIERS, default=None,
                      help="tiers to include (default: test,slow,report; test with --quick)")
@@ -109,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="devices the sharded cases may use; on a CPU this many host devices "
                           "are made (the family `sharded` needs 4); more than the machine's "
                           "accelerators is an error")
+    rep.add_argument("--workers", type=_worker_count, default=None,
+                     help="processes that judge the rows (then the run times are measured "
+                          "in this process alone); default: the number of cores on a CPU (at "
+                          "most 8), 1 on a GPU or TPU (one accelerator, one process)")
+    cache = rep.add_mutually_exclusive_group()
+    cache.add_argument("--compile-cache", metavar="DIR", default=None,
+                       help="JAX's persistent compilation cache for this run (default: "
+                            "$XDG_CACHE_HOME/backprop-suite/jax or ~/.cache/backprop-suite/jax)")
+    cache.add_argument("--no-compile-cache", action="store_true",
+                       help="compile everything afresh (compile times are then never loads)")
 
     ben = sub.add_parser("bench", help="time compiled manual code against compiled autodiff")
     ben.add_argument("--device", default=None, choices=PLATFORMS)
@@ -135,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _request_host_devices(args.devices)
     configure()
     try:
+        if args.command == "report" and not args.no_compile_cache:
+            use_compile_cache(args.compile_cache or default_compile_cache())
         if args.command == "list":
             return _list(args)
         if args.command == "report":
@@ -218,6 +255,15 @@ class _Progress:
             self.bar.set_postfix_str(label, refresh=False)
             self.bar.update(1)
 
+    def timed(self, row: Row) -> None:
+        """A row judged earlier (by a worker) and now timed here."""
+        if self.bar is None:
+            print(f"{'timed':<5} {row.case:<44} {row.dtype:<8} ratio {fmt(row.ratio, '.2f')}  "
+                  f"{row.message if not row.status.passed else ''}".rstrip(), flush=True)
+        else:
+            self.bar.set_postfix_str(f"timing {row.case}", refresh=False)
+            self.bar.update(1)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -239,13 +285,16 @@ def _report(args: argparse.Namespace) -> int:
         if not selected and not studies:
             raise ValueError(f"nothing to run{left_out}")
         print(f"backprop-suite: {left_out[2:]}", file=sys.stderr)
-    total = sum(1 for c in selected for d in args.dtype if d in c.dtypes) + len(studies)
+    workers = args.workers or (_cores() if device.platform == "cpu" else 1)
+    rows = sum(1 for c in selected for d in args.dtype if d in c.dtypes)
+    timed_apart = rows if workers > 1 and not args.quick else 0
     start = time.perf_counter()
-    progress = _Progress(total)
+    progress = _Progress(rows + timed_apart + len(studies))
     try:
         results = run_all(selected, args.dtype, studies=studies, device=device,
                           quick=args.quick, timing=not args.quick, truth=True,
-                          progress=progress, budget_s=args.budget)
+                          progress=progress, budget_s=args.budget, workers=workers,
+                          on_timed=progress.timed)
     finally:
         progress.close()
     results.environment["selection"] = (
@@ -254,7 +303,8 @@ def _report(args: argparse.Namespace) -> int:
         f"{len(studies)} studies{' at small size' if args.quick else ''}; "
         f"{have} {device.platform} device(s){left_out}")
     title = "backprop-suite quick report" if args.quick else "backprop-suite report"
-    paths = write_report(results, os.path.join(args.out, device.platform), title=title)
+    folder = device.platform + ("-quick" if args.quick else "")  # never the full report's
+    paths = write_report(results, os.path.join(args.out, folder), title=title)
     print(verdict(results).replace("**", ""))
     print(f"wrote {', '.join(paths.values())} in {time.perf_counter() - start:.0f} s")
     return 0 if results.passed else 1

@@ -1,6 +1,7 @@
 """The report writer: ``Results`` -> report.md, results.csv, results.json and PNG plots.
 
-Layout of the output folder (``backprop-suite report`` uses ``<out>/<device>/``)::
+Layout of the output folder (``backprop-suite report`` uses ``<out>/<device>/``,
+``--quick`` ``<out>/<device>-quick/``)::
 
     report.md      verdict line, environment (with the commit), summary, method (the
                    tolerance table), one section per family: plot, table, its studies

@@ -10,7 +10,9 @@ completes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -26,15 +28,17 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from reference import finite_diff
+from suite import cases as registry
 from suite import compare as cmp
 from suite.cases import Case
+from suite.config import apply_settings, compile_cache_counts, process_settings
 from suite.results import Results, Row, Status, StudyResult
 from suite.studies import Study
 from suite.timing import block, compile_timed, time_interleaved
 from suite.version import __version__
 
-__all__ = ["PLATFORMS", "resolve_device", "build_inputs", "run_case", "run_study", "run_all",
-           "environment", "git_commit"]
+__all__ = ["PLATFORMS", "resolve_device", "build_inputs", "run_case", "time_case", "run_study",
+           "run_all", "environment", "git_commit"]
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 
@@ -145,21 +149,48 @@ def run_case(case: Case, dtype: str, *, device: jax.Device | None = None, timing
     """
     truth = timing if truth is None else truth
     device = device or jax.devices()[0]
-    row = Row(case=case.name, family=case.family, dtype=dtype, device=device.platform,
-              sizes=case.size_label)
+    row, sides = _judge(case, dtype, device, apart=timing, fd=fd, truth=truth)
+    if timing and sides is not None:
+        _time(row, *sides, budget_s=budget_s)
+    return row
+
+
+def _new_row(case: Case, dtype: str, device: jax.Device) -> Row:
+    return Row(case=case.name, family=case.family, dtype=dtype, device=device.platform,
+               sizes=case.size_label)
+
+
+def _inputs(case: Case, dtype: str, device: jax.Device) -> tuple[dict, dict]:
+    """(inputs on ``device``, inputs for the manual side).
+
+    A case on a mesh (devices > 1) gets uncommitted inputs, which its mesh places (jit
+    refuses inputs committed to one device), and is compiled apart from its single-device
+    reference: in one program, XLA would partition the reference too.
+    """
+    inputs = jax.device_put(build_inputs(case, dtype), device)
+    if case.devices > 1:
+        _require_devices(case.devices, device)
+        return inputs, build_inputs(case, dtype)
+    return inputs, inputs
+
+
+def _judge(case: Case, dtype: str, device: jax.Device, *, apart: bool, fd: bool,
+           truth: bool) -> tuple[Row, tuple | None]:
+    """The row judged — errors, witness, truth — and (manual, reference, inputs,
+    manual inputs) for timing, or None when the row is an ERROR.
+
+    ``apart``: compile the two sides as two programs, timing each compile (after
+    ``jax.clear_caches``, so nothing is reused from an earlier row); otherwise one program
+    computes both (one compile instead of two, for judging only).
+    """
+    row = _new_row(case, dtype, device)
     try:
         row.tol_normwise = cmp.tolerance(dtype).normwise
         if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
             raise RuntimeError("float64 needs jax_enable_x64 (suite.configure())")
-        inputs = jax.device_put(build_inputs(case, dtype), device)
-        # A case on a mesh (devices > 1) gets uncommitted inputs, which its mesh places
-        # (jit refuses inputs committed to one device), and is compiled apart from its
-        # single-device reference: in one program, XLA would partition the reference too.
-        mesh_inputs = inputs
-        if case.devices > 1:
-            _require_devices(case.devices, device)
-            mesh_inputs = build_inputs(case, dtype)
-        if timing:  # honest compile times: nothing cached from an earlier row
+        inputs, mesh_inputs = _inputs(case, dtype, device)
+        manual = reference = None
+        if apart:  # honest compile times: nothing cached from an earlier row
             jax.clear_caches()
             manual, row.compile_manual_s = compile_timed(case.manual, mesh_inputs)
             reference, row.compile_reference_s = compile_timed(case.reference, inputs)
@@ -185,15 +216,48 @@ def run_case(case: Case, dtype: str, *, device: jax.Device | None = None, timing
         if truth and jnp.dtype(dtype) == jnp.float32 and jax.config.jax_enable_x64:
             row.truth_manual, row.truth_reference = _truth_errors(
                 case, inputs, manual_out, reference_out)
-        if timing:
-            (m, r), _ = time_interleaved([lambda: manual(mesh_inputs), lambda: reference(inputs)],
-                                         budget_s=budget_s)
-            row.run_manual_s, row.run_reference_s, row.ratio = m, r, m / r
         row.status = Status.FAIL if messages else Status.PASS
         row.message = "; ".join(messages)
     except Exception as err:  # a broken case is a row, never a crashed report
-        row.status, row.message = Status.ERROR, _first_line(err)
-        row.traceback = traceback.format_exc()
+        _error(row, err)
+        return row, None
+    return row, (manual, reference, inputs, mesh_inputs)
+
+
+def _error(row: Row, err: BaseException) -> None:
+    row.status, row.message = Status.ERROR, _first_line(err)
+    row.traceback = traceback.format_exc()
+
+
+def _time(row: Row, manual: Callable, reference: Callable, inputs: dict, mesh_inputs: dict, *,
+          budget_s: float) -> None:
+    """The row's run-time medians, manual and reference in interleaved rounds."""
+    try:
+        (m, r), _ = time_interleaved([lambda: manual(mesh_inputs), lambda: reference(inputs)],
+                                     budget_s=budget_s)
+        row.run_manual_s, row.run_reference_s, row.ratio = m, r, m / r
+    except Exception as err:  # a broken case is a row, never a crashed report
+        _error(row, err)
+
+
+def time_case(case: Case, row: Row, *, device: jax.Device | None = None,
+              budget_s: float = 0.5) -> Row:
+    """Time a row judged elsewhere (a worker process): compile both sides here again — a
+    load when the persistent compilation cache holds them — and measure their run-time
+    medians as ``run_case`` does. The row's errors and compile times are kept; an ERROR
+    row is returned as it is."""
+    if row.status is Status.ERROR:
+        return row
+    device = device or jax.devices()[0]
+    try:
+        inputs, mesh_inputs = _inputs(case, row.dtype, device)
+        jax.clear_caches()
+        manual = jax.jit(case.manual).lower(mesh_inputs).compile()
+        reference = jax.jit(case.reference).lower(inputs).compile()
+    except Exception as err:
+        _error(row, err)
+        return row
+    _time(row, manual, reference, inputs, mesh_inputs, budget_s=budget_s)
     return row
 
 
@@ -219,30 +283,123 @@ def run_all(selected: Iterable[Case], dtypes: Sequence[str], *,
             studies: Iterable[Study] = (), device: jax.Device | None = None,
             timing: bool = True, quick: bool = False,
             progress: Callable[[Row | StudyResult], None] | None = None,
+            workers: int = 1, on_timed: Callable[[Row], None] | None = None,
             **kwargs: Any) -> Results:
     """Run every (case, dtype) and every study on ``device``; return ``Results``.
 
     Everything runs under ``jax.default_device(device)``, studies included, so a GPU
-    report computes on the GPU throughout.
+    report computes on the GPU throughout. ``progress`` is called with each row once it
+    is judged and with each study once it has run.
+
+    ``workers`` > 1 runs in two phases. Phase 1, judging: ``workers`` spawned processes
+    (with this process's JAX settings, ``suite.config.process_settings``) take the
+    (case, dtype) pairs one at a time, as pytest-xdist shares tests, and each builds,
+    compiles (timing the compiles), compares and runs the witnesses exactly as
+    ``run_case`` does. Phase 2, timing, after every worker has exited: this process
+    compiles each row's two sides again (a load from the persistent compilation cache,
+    when it is on) and measures the run times in interleaved rounds, with no worker
+    running; ``on_timed`` is called with each row timed. The studies run last, here,
+    alone. The rows are those of a serial run, in the same order, times aside. A case
+    that is not the registry's own (a planted or user-made one, which a worker could not
+    look up by name) is judged here, after the workers.
     """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     device = device or jax.devices()[0]
-    rows: list[Row] = []
+    pairs = [(case, dtype) for case in selected for dtype in dtypes if dtype in case.dtypes]
     results: list[StudyResult] = []
+    worker_counts = (0, 0)
     with jax.default_device(device):
-        for case in selected:
-            for dtype in dtypes:
-                if dtype not in case.dtypes:
-                    continue
-                row = run_case(case, dtype, device=device, timing=timing, **kwargs)
-                rows.append(row)
+        if workers == 1:
+            rows = []
+            for case, dtype in pairs:
+                rows.append(run_case(case, dtype, device=device, timing=timing, **kwargs))
                 if progress:
-                    progress(row)
+                    progress(rows[-1])
+        else:
+            rows, worker_counts = _run_two_phases(pairs, device, workers, timing=timing,
+                                                  progress=progress, on_timed=on_timed, **kwargs)
         for study in studies:
             result = run_study(study, quick=quick, device=device)
             results.append(result)
             if progress:
                 progress(result)
-    return Results(rows=rows, studies=results, environment=environment(device))
+    env = environment(device)
+    hits, requests = (a + b for a, b in zip(compile_cache_counts(), worker_counts, strict=True))
+    cache = jax.config.jax_compilation_cache_dir
+    env["compile cache"] = (f"{cache}: {hits} of {requests} compiles loaded from it" if cache
+                            else "off")
+    env["workers"] = ("1: every row judged and timed in this process" if workers == 1 else
+                      f"{workers}: rows judged (and compiles timed) in {workers} worker "
+                      f"processes{', run times measured after them, alone' if timing else ''}")
+    return Results(rows=rows, studies=results, environment=env)
+
+
+def _run_two_phases(pairs: list[tuple[Case, str]], device: jax.Device, workers: int, *,
+                    timing: bool, progress: Callable | None, on_timed: Callable | None,
+                    fd: bool = True, truth: bool | None = None,
+                    budget_s: float = 0.5) -> tuple[list[Row], tuple[int, int]]:
+    """Rows judged by ``workers`` processes, then timed here; and the workers' (hits,
+    requests) of the persistent compilation cache."""
+    truth = timing if truth is None else truth
+    rows: list[Row | None] = [None] * len(pairs)
+    shared = [i for i, (case, _) in enumerate(pairs) if _registered(case)]
+    here = sorted(set(range(len(pairs))) - set(shared))
+    counts: dict[int, tuple[int, int]] = {}  # per worker process: its latest totals
+    if shared:
+        devices = len(jax.devices("cpu")) if device.platform == "cpu" else 0
+        context = multiprocessing.get_context("spawn")  # a fresh JAX per worker, never a fork
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(workers, len(shared)), mp_context=context,
+                initializer=_worker_start, initargs=(process_settings(), devices)) as pool:
+            jobs = [pool.submit(_worker_judge, pairs[i][0].name, pairs[i][1], device.platform,
+                                timing, fd, truth) for i in shared]
+            for i, job in zip(shared, jobs, strict=True):
+                try:
+                    rows[i], pid, counts[pid] = job.result()
+                except Exception as err:  # a worker that died (an XLA abort): an ERROR row
+                    rows[i] = _new_row(pairs[i][0], pairs[i][1], device)
+                    _error(rows[i], err)
+                    rows[i].message = f"in a worker process: {rows[i].message}"
+                if progress:
+                    progress(rows[i])
+    for i in here:
+        case, dtype = pairs[i]
+        rows[i] = _judge(case, dtype, device, apart=timing, fd=fd, truth=truth)[0]
+        if progress:
+            progress(rows[i])
+    if timing:
+        for (case, _), row in zip(pairs, rows, strict=True):
+            time_case(case, row, device=device, budget_s=budget_s)
+            if on_timed:
+                on_timed(row)
+    hits, requests = (sum(c[k] for c in counts.values()) for k in (0, 1))
+    return rows, (hits, requests)
+
+
+def _registered(case: Case) -> bool:
+    """Whether a worker process finds this very case in its registry by name."""
+    try:
+        return registry.get(case.name) is case
+    except ValueError:
+        return False
+
+
+def _worker_start(settings: dict[str, Any], cpu_devices: int) -> None:
+    """A worker process's set-up: its parent's JAX settings, and as many host devices."""
+    if cpu_devices > 1:
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    apply_settings(settings)
+
+
+def _worker_judge(name: str, dtype: str, platform: str, apart: bool, fd: bool,
+                  truth: bool) -> tuple[Row, int, tuple[int, int]]:
+    """One (case, dtype) judged in a worker process, as ``run_case`` judges it; with the
+    worker's id and its compile-cache totals so far."""
+    device = resolve_device(platform)
+    with jax.default_device(device):
+        row = _judge(registry.get(name), dtype, device, apart=apart, fd=fd, truth=truth)[0]
+    return row, os.getpid(), compile_cache_counts()
 
 
 def git_commit() -> str:

@@ -94,6 +94,20 @@ def test_a_planted_failure_crash_and_crashing_study_reach_the_verdict_and_exit_c
     assert csv["ratio"].notna().sum() == 2  # the two rows that ran were timed
 
 
+def test_a_quick_report_writes_its_own_folder_and_leaves_the_full_report_alone(
+        planted_registry, tmp_path):
+    full = tmp_path / "cpu"
+    full.mkdir()
+    (full / "report.md").write_text("the committed full report")
+    code = cli.main(["report", "--quick", "--device", "cpu", "--out", str(tmp_path),
+                     "--dtype", "float64"])
+    assert code == 1  # the planted failure
+    assert (full / "report.md").read_text() == "the committed full report"
+    assert sorted(os.listdir(full)) == ["report.md"]
+    md = (tmp_path / "cpu-quick" / "report.md").read_text()
+    assert md.startswith("# backprop-suite quick report — cpu")
+
+
 def test_a_failed_study_check_and_a_crashing_renderer_are_not_passes(tmp_path):
     def broken_render(result, out_dir):
         raise KeyError("planted: the renderer crashed")
