@@ -327,6 +327,9 @@ def run_all(selected: Iterable[Case], dtypes: Sequence[str], *,
     env = environment(device)
     hits, requests = (a + b for a, b in zip(compile_cache_counts(), worker_counts, strict=True))
     cache = jax.config.jax_compilation_cache_dir
+    home = os.path.expanduser("~")
+    if cache and home not in ("", "~", "/") and cache.startswith(home + os.sep):
+        cache = "~" + cache[len(home):]  # the report names no user's home
     env["compile cache"] = (f"{cache}: {hits} of {requests} compiles loaded from it" if cache
                             else "off")
     env["workers"] = ("1: every row judged and timed in this process" if workers == 1 else
