@@ -30,13 +30,16 @@ Example::
 from typing import Any, Callable
 
 from suite.check.api import check_custom_vjp, check_grad, check_hessian, check_hvp, check_vjp
+from suite.check.marks import adjoint, mark
 from suite.check.options import OPTIONS
 from suite.check.recording import recording
 from suite.check.result import CheckOutcome, CheckResult, Kink, TensorResult, Witness
+from suite.check.stepresult import AuditRow, StepResult
+from suite.check.steps import check_steps
 
 __all__ = ["check_vjp", "check_custom_vjp", "check_grad", "check_hessian", "check_hvp",
            "check_backward", "CheckResult", "TensorResult", "Kink", "CheckOutcome", "Witness",
-           "OPTIONS", "recording"]
+           "OPTIONS", "recording", "mark", "adjoint", "check_steps", "StepResult", "AuditRow"]
 
 
 def check_backward(forward: Callable, backward: Callable, primals: dict, dy: Any = None, *,

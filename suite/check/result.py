@@ -21,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from suite.check.stepresult import AuditRow, StepResult, audit_lines, step_lines
 from suite.results import Row, Status
 
-__all__ = ["Kink", "TensorResult", "CheckOutcome", "Witness", "CheckResult"]
+__all__ = ["Kink", "TensorResult", "CheckOutcome", "Witness", "CheckResult", "StepResult",
+           "AuditRow"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,10 +188,20 @@ class CheckResult:
     message: str = ""
     seconds: float = math.nan
     traceback: str = dataclasses.field(default="", repr=False)
+    steps: list = dataclasses.field(default_factory=list)       # StepResult (check_steps)
+    not_judged: list = dataclasses.field(default_factory=list)  # marks with no adjoint
+    after_steps: str = ""                                       # an error after the last step
+    audit: list = dataclasses.field(default_factory=list)       # AuditRow (audit=True)
+    audit_note: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status is Status.PASS
+
+    @property
+    def first_wrong(self) -> StepResult | None:
+        """check_steps: the first step whose error is its own (not inherited), or None."""
+        return next((s for s in self.steps if s.wrong and not s.inherited), None)
 
     def assert_passed(self) -> CheckResult:
         """Raise AssertionError(str(self)) unless the status is PASS; return self."""
@@ -218,6 +230,9 @@ class CheckResult:
                  f"{self.dtype}{mode}, {summary}"]
         if self.message:
             lines += ["  " + line for line in self.message.splitlines()]
+        lines += step_lines(self.steps, self.not_judged, self.after_steps)
+        if self.steps or self.not_judged:
+            lines.append("  the primals' cotangents (as check_vjp judges them):")
         for t in self.tensors:
             lines += _tensor_lines(t, is_low)
         if self.checks:
@@ -230,6 +245,7 @@ class CheckResult:
             lines.append(f"  finite-difference witness along a random direction v: {w.verdict} "
                          f"(finite differences {_g(w.value)} ± {w.error:.1e}, yours "
                          f"{_g(w.yours)}, autodiff {_g(w.autodiff)}, tolerance {w.tolerance:.1e})")
+        lines += audit_lines(self.audit, self.audit_note)
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -249,6 +265,17 @@ class CheckResult:
             row["kinks"] = len(t.kinks)
             row["message"] = t.message
             rows.append(row)
+        for s in self.steps:
+            rows.append({"function": self.function, "check": self.name,
+                         "tensor": f"step {s.name}", "shape": s.shape, "dtype": self.dtype,
+                         "status": s.status.value, "normwise": s.normwise,
+                         "tolerance": s.tolerance, "line": s.line, "own": s.own,
+                         "inherited": s.inherited, "diagnosis": s.diagnosis,
+                         "message": s.message})
+        for a in self.audit:
+            rows.append({"function": self.function, "check": self.name,
+                         "tensor": f"audit {a.transform}", "dtype": self.dtype,
+                         "status": a.verdict, "message": a.detail})
         return pd.DataFrame(rows)
 
     def to_row(self, case: str | None = None, family: str = "check") -> Row:
@@ -281,4 +308,10 @@ class CheckResult:
         parts += [f"{c.name}: {c.detail}" for c in self.checks if c.status is not Status.PASS]
         if self.witness is not None and self.witness.verdict == "disagrees":
             parts.append("finite-difference witness disagrees with yours")
+        first = self.first_wrong
+        if first is not None:
+            said = f" ({first.diagnosis})" if first.diagnosis else ""
+            parts.insert(0, f"first wrong step {first.name} at {first.line}{said}")
+        parts += [f"audit {a.transform}: WRONG {a.detail}" for a in self.audit
+                  if a.verdict == "WRONG"]
         return "; ".join(parts)

@@ -34,9 +34,11 @@ LAYERS = {
     "suite.run": 4,
     "suite.report": 5, "suite.bench": 5, "suite.testing": 6,
     # the checker's package, its concepts in the order its stages use them
+    "suite.check.stepresult": 5.05, "suite.check.marks": 5.05, "suite.check.diagnosis": 5.05,
     "suite.check.result": 5.1, "suite.check.options": 5.1, "suite.check.recording": 5.2,
     "suite.check.kinds": 5.2, "suite.check.runs": 5.3, "suite.check.probes": 5.4,
     "suite.check.extra": 5.5, "suite.check.judge": 5.5, "suite.check.api": 5.6,
+    "suite.check.steps": 5.65,
     "suite.check": 5.7,
     "suite.checkfile": 6,
     "suite.cli": 7,
