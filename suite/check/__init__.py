@@ -30,6 +30,7 @@ Example::
 from typing import Any, Callable
 
 from suite.check.api import check_custom_vjp, check_grad, check_hessian, check_hvp, check_vjp
+from suite.check.jvp import check_custom_jvp, check_jvp
 from suite.check.marks import adjoint, mark
 from suite.check.options import OPTIONS
 from suite.check.recording import recording
@@ -39,7 +40,8 @@ from suite.check.steps import check_steps
 
 __all__ = ["check_vjp", "check_custom_vjp", "check_grad", "check_hessian", "check_hvp",
            "check_backward", "CheckResult", "TensorResult", "Kink", "CheckOutcome", "Witness",
-           "OPTIONS", "recording", "mark", "adjoint", "check_steps", "StepResult", "AuditRow"]
+           "OPTIONS", "recording", "mark", "adjoint", "check_steps", "StepResult", "AuditRow",
+           "check_jvp", "check_custom_jvp"]
 
 
 def check_backward(forward: Callable, backward: Callable, primals: dict, dy: Any = None, *,

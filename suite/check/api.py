@@ -41,6 +41,7 @@ import numpy as np
 
 from reference import finite_diff as fdiff
 from suite import compare as cmp
+from suite.check import audit as audits
 from suite.check import extra, judge, probes, runs
 from suite.check.kinds import GRAD, HESSIAN, HVP, VJP
 from suite.check.options import (
@@ -236,7 +237,7 @@ def _custom_adapters(fun):
 
 @recorded
 def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: int = 0,
-                     **options: Any) -> CheckResult:
+                     audit: bool = False, **options: Any) -> CheckResult:
     """Check a ``jax.custom_vjp``'s rule against autodiff of its primal function.
 
     Args:
@@ -244,11 +245,16 @@ def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: 
         reference; ``jax.vjp(fun, ...)`` runs your fwd/bwd rule). With nondiff_argnums,
         close over those arguments (functools.partial) and check a custom_vjp without.
       *primals, cotangent, seed, **options: as for ``check_vjp``.
+      audit: also run the rule under jit, vmap, checkpoint, grad of grad, jax.hessian,
+        jax.jvp and jvp of vjp (suite.check.audit): a row each, PASS / RAISES / WRONG;
+        a WRONG row makes the check FAIL.
 
     Returns:
       A CheckResult.
     """
     opts = Options.parse("check_custom_vjp", options)
+    if not isinstance(audit, bool):
+        raise ValueError(f"check_custom_vjp: audit must be True or False, got {audit!r}")
     if not isinstance(fun, jax.custom_vjp):
         raise ValueError(f"check_custom_vjp: fun must be a jax.custom_vjp, got "
                          f"{type(fun).__name__} (use check_vjp for a separate vjp function)")
@@ -262,7 +268,12 @@ def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: 
     if opts.names is None:
         opts = opts.replace(names=arg_names(fun, len(primals), None, "check_custom_vjp"))
     check = _new_check("check_custom_vjp", VJP, primal, rule, primals, seed, opts)
-    return _check_linear(check, primal, cotangent)
+    result = _check_linear(check, primal, cotangent)
+    if audit and result.status is not Status.ERROR:
+        lin, _ = _cotangent(check, primal, cotangent)
+        audits.attach(result, audits.audit_custom_vjp(fun, check.replace(lin=lin)),
+                      audits.AUDIT_NOTE_VJP)
+    return result
 
 
 @recorded

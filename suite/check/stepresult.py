@@ -75,7 +75,8 @@ AUDIT_NOTE_VJP = ("jax.jvp and jax.jacfwd of a custom_vjp raise by design (it de
                   "forward-mode rule); jax.hessian (jacfwd of jacrev) and grad of grad work "
                   "because they differentiate your backward rule: they are only as right as "
                   "that rule's own derivative (residuals through stop_gradient are right to "
-                  "first order and silently wrong to second)")
+                  "first order and silently wrong to second); a fwd that calls the custom_vjp "
+                  "itself (return f(x), residuals) makes them raise as jax.jvp does")
 AUDIT_NOTE_JVP = ("reverse mode (jax.vjp, jax.grad) of a custom_jvp transposes your JVP rule: "
                   "it raises when the rule is not linear in the tangents in a way JAX can "
                   "transpose; jax.hessian differentiates your rule itself")
