@@ -155,7 +155,8 @@ def _settle(t, y, a, tol, est):
     masked, kinks, rescued = y.copy(), [], 0
     c, ce = np.asarray(est.central), np.asarray(est.central_error)
     kink = np.asarray(fdiff.one_sided_disagree(est))
-    for idx in zip(*np.nonzero(outside), strict=True):
+    for flat_index in np.flatnonzero(outside):
+        idx = tuple(int(i) for i in np.unravel_index(flat_index, np.shape(y)))
         yi, ai = float(y[idx]), float(a[idx])
         if kink[idx]:
             r, l = float(est.right[idx]), float(est.left[idx])
