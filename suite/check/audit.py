@@ -9,6 +9,9 @@ in the check's dtype, and says
 - PASS: they agree (within the dtype's row of the tolerance table, widened by the
   rounding amplification the reference shows on these inputs: below float64 against the
   reference in float64, in float64 against its float32 shadow, as judge.widen does);
+Every row runs compiled (``jax.jit`` of the transformed function), as transformed code
+runs in practice; the ``jit`` row is the rule under jit alone.
+
 - RAISES: yours raised under the transform (JAX's own message, its first line); the
   check does not fail for it (what a transform refuses is not silently wrong);
 - WRONG: yours ran and differs (the error is given); the check FAILs.
@@ -155,8 +158,8 @@ def _rows(check, specs, base_args):
     """Run each (transform, yours, reference) on the same arguments (and widened/narrowed)."""
     out = []
     host = [jax.tree_util.tree_map(np.asarray, a) for a in base_args]
-    for transform, yours_fn, ref_fn in specs:
-        row = _row(check, transform, yours_fn, ref_fn,
+    for transform, yours_fn, ref_fn in specs:  # compiled: one program per row and dtype
+        row = _row(check, transform, jax.jit(yours_fn), jax.jit(ref_fn),
                    lambda: tuple(jax.tree_util.tree_map(jnp.asarray, a) for a in host),
                    lambda: _widen_args(host), lambda: _narrow_args(host))
         if row is not None:
@@ -233,7 +236,7 @@ def audit_custom_vjp(fun: Any, check: runs.Check) -> list:
 
     hess = _hessian_fn  # ints are fixed here
     rows = []
-    rows += _rows(check, [("jit", jax.jit(vjp_of(fun)), jax.jit(vjp_of(primal))),
+    rows += _rows(check, [("jit", vjp_of(fun), vjp_of(primal)),
                           ("checkpoint", checkpointed(fun), checkpointed(primal))],
                   (floats, ct))
     rows[1:1] = _rows(check, [("vmap", vmapped(fun), per_point(primal))],
@@ -281,7 +284,7 @@ def audit_custom_jvp(fun: Any, check: runs.Check, tans: tuple) -> list:
         return lambda fl, c: jax.vjp(lambda *x: f(*layout.assemble(x, ints)), *fl)[1](c)
 
     rows = []
-    rows += _rows(check, [("jit (jvp)", jax.jit(jvp_fn(fun)), jax.jit(jvp_fn(primal)))],
+    rows += _rows(check, [("jit (jvp)", jvp_fn(fun), jvp_fn(primal))],
                   (floats, t))
     rows += _rows(check, [("vmap (jvp)", vmapped(fun), per_point(primal))],
                   (floats, second, t, t2))

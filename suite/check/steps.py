@@ -363,34 +363,38 @@ def check_steps(fun: Callable, backward: Callable, *primals: Any, cotangent: Any
     require_seed("check_steps", seed)
     names = arg_names(fun, len(primals), opts.names, "check_steps")
     layout, arrays, dtype, display = prepare("check_steps", primals, names)
-    base = check_vjp.__wrapped__(fun, backward, *primals, cotangent=cotangent, seed=seed,
-                                 **options)
-    base.function = "check_steps"
     check = runs.Check("check_steps", _label(fun, opts.name), VJP, fun, backward, layout,
                        arrays, dtype, display, names, opts, int(seed))
-    check = check.replace(lin=_cotangent(check, cotangent))
+    found = None
     try:
-        check = runs.locate(check)
-        marks, calls, eager = _discover(check, check.lin)
-        eager = eager or check.eager
+        check = runs.locate(check.replace(lin=_cotangent(check, cotangent)))
+        found = _discover(check, check.lin)
     except StepsError:
         raise
     except Exception as err:  # the user's code raised: check_vjp's result reports it
+        failure = runs.first_line(err)
+    if found is not None:
+        marks, calls, eager = found
+        for c in calls:
+            if c.name not in marks:
+                raise StepsError(f"check_steps: adjoint({c.name!r}) at {c.line} has no "
+                                 f"matching mark in fun (marked: {sorted(marks) or 'none'})")
+        _require_no_loop(check, marks, tuple(marks))
+        for info in marks.values():
+            if info.count > 1:
+                raise StepsError(f"check_steps: mark({info.name!r}) at {info.line} was "
+                                 f"called {info.count} times in one forward; give each value "
+                                 "its own name (a value used twice is marked once)")
+    base = check_vjp.__wrapped__(fun, backward, *primals, cotangent=cotangent, seed=seed,
+                                 **options)
+    base.function = "check_steps"
+    if found is None:
         base.notes.append(f"the steps were not judged: a pass of fun or backward raised "
-                          f"{runs.first_line(err)}")
+                          f"{failure}")
         return base
-    for c in calls:
-        if c.name not in marks:
-            raise StepsError(f"check_steps: adjoint({c.name!r}) at {c.line} has no matching "
-                             f"mark in fun (marked: {sorted(marks) or 'none'})")
+    eager = eager or check.eager
     order = list(dict.fromkeys(c.name for c in calls))
     mark_names = tuple(marks)
-    _require_no_loop(check, marks, mark_names)
-    for info in marks.values():
-        if info.count > 1:
-            raise StepsError(f"check_steps: mark({info.name!r}) at {info.line} was called "
-                             f"{info.count} times in one forward; give each value its own "
-                             "name (a value used twice is marked once)")
     counts = {n: sum(c.name == n for c in calls) for n in order}
     try:
         adj = _adjoint_runs(check, marks, mark_names, eager)

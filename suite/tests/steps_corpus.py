@@ -140,6 +140,10 @@ def lstm_forward(x, h, c, wx, wh, b):
     return o * tc, c_new
 
 
+def ds(s):  # the sigmoid's derivative through its value
+    return s * (1 - s)
+
+
 def lstm_backward(x, h, c, wx, wh, b, ct):
     dh, dc = ct
     hd = h.shape[1]
@@ -154,7 +158,7 @@ def lstm_backward(x, h, c, wx, wh, b, ct):
     di = adjoint("i", dc_new * g)
     df = adjoint("f", dc_new * c)
     dg = adjoint("g", dc_new * i)
-    dz = adjoint("z", jnp.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g**2), do * o * (1 - o)], axis=1))
+    dz = adjoint("z", jnp.concatenate([di * ds(i), df * ds(f), dg * (1 - g**2), do * ds(o)], 1))
     return dz @ wx.T, dz @ wh.T, dc_new * f, x.T @ dz, h.T @ dz, dz.sum(axis=0)
 
 
@@ -233,25 +237,31 @@ class Bug:
 BUGS = (
     Bug("ln_bessel", "ln", "2.0 * xmu * dvar / d)", "2.0 * xmu * dvar / (d - 1))", "xmu",
         "factor", "N/(N−1)"),
-    Bug("ln_var_sign", "ln", "-0.5 * (var + EPS) ** -1.5 * drstd", "0.5 * (var + EPS) ** -1.5 * drstd",
+    Bug("ln_var_sign", "ln",
+        "-0.5 * (var + EPS) ** -1.5 * drstd", "0.5 * (var + EPS) ** -1.5 * drstd",
         "var", "sign", "sign flipped"),
-    Bug("ln_relu", "ln", 'adjoint("xhat", dy * gamma)', 'adjoint("xhat", jnp.maximum(dy * gamma, 0.0))',
+    Bug("ln_relu", "ln",
+        'adjoint("xhat", dy * gamma)', 'adjoint("xhat", jnp.maximum(dy * gamma, 0.0))',
         "xhat", "zero", "zero where it should not be"),
-    Bug("ln_mu_mean", "ln", "-dxmu.sum(axis=-1, keepdims=True))", "-dxmu.mean(axis=-1, keepdims=True))",
+    Bug("ln_mu_mean", "ln",
+        "-dxmu.sum(axis=-1, keepdims=True))", "-dxmu.mean(axis=-1, keepdims=True))",
         "mu", "factor", "1/N"),
     Bug("ln_rstd_mean", "ln", "(dxhat * xmu).sum(axis=-1, keepdims=True))",
         "(dxhat * xmu).mean(axis=-1, keepdims=True))", "rstd", "factor", "1/N"),
     Bug("ln_xmu_rstd2", "ln", 'adjoint("xmu", dxhat * rstd)', 'adjoint("xmu", dxhat * rstd**2)',
         "xmu", None),
-    Bug("bn_bessel", "bn", "jnp.ones_like(bndiff) * dbnvar / n)", "jnp.ones_like(bndiff) * dbnvar / (n - 1))",
+    Bug("bn_bessel", "bn",
+        "jnp.ones_like(bndiff) * dbnvar / n)", "jnp.ones_like(bndiff) * dbnvar / (n - 1))",
         "bndiff2", "factor", "N/(N−1)"),
     Bug("bn_var_sign", "bn", "-0.5 * (bnvar + EPS) ** -1.5 * dbnvar_inv",
         "0.5 * (bnvar + EPS) ** -1.5 * dbnvar_inv", "bnvar", "sign", "sign flipped"),
-    Bug("bn_mean_axis", "bn", "-dbndiff.sum(axis=0, keepdims=True))", "-dbndiff.sum(axis=1, keepdims=True))",
+    Bug("bn_mean_axis", "bn",
+        "-dbndiff.sum(axis=0, keepdims=True))", "-dbndiff.sum(axis=1, keepdims=True))",
         "bnmeani", "axis", "summed over the wrong axis"),
     Bug("bn_inv_mean", "bn", "(bndiff * dbnraw).sum(axis=0, keepdims=True))",
         "(bndiff * dbnraw).mean(axis=0, keepdims=True))", "bnvar_inv", "factor", "1/N"),
-    Bug("bn_relu", "bn", 'adjoint("bnraw", gamma * dy)', 'adjoint("bnraw", jnp.maximum(gamma * dy, 0.0))',
+    Bug("bn_relu", "bn",
+        'adjoint("bnraw", gamma * dy)', 'adjoint("bnraw", jnp.maximum(gamma * dy, 0.0))',
         "bnraw", "zero", "zero where it should not be"),
     Bug("bn_diff_extra", "bn", 'adjoint("bndiff", bnvar_inv * dbnraw)',
         'adjoint("bndiff", bnvar_inv * dbnraw + dbnraw.mean(axis=0, keepdims=True))', "bndiff",
@@ -269,13 +279,16 @@ BUGS = (
         "transposed", "transposed"),
     Bug("att_dp_sign", "att", 'adjoint("p", do @ v.T)', 'adjoint("p", -(do @ v.T))', "p", "sign",
         "sign flipped"),
-    Bug("att_no_mean", "att", "p * (dp - (dp * p).sum(axis=-1, keepdims=True)))", "p * dp)", "s", None),
+    Bug("att_no_mean", "att",
+        "p * (dp - (dp * p).sum(axis=-1, keepdims=True)))", "p * dp)", "s", None),
     Bug("lstm_f_sign", "lstm", 'adjoint("f", dc_new * c)', 'adjoint("f", -dc_new * c)', "f", "sign",
         "sign flipped"),
     Bug("lstm_no_dc", "lstm", 'adjoint("c_new", dc + dtc * (1.0 - tc**2))',
         'adjoint("c_new", dtc * (1.0 - tc**2))', "c_new", None),
-    Bug("lstm_i_operand", "lstm", 'adjoint("i", dc_new * g)', 'adjoint("i", dc_new * c)', "i", None),
-    Bug("lstm_o_relu", "lstm", 'adjoint("o", dh * tc)', 'adjoint("o", jnp.maximum(dh * tc, 0.0))', "o",
+    Bug("lstm_i_operand", "lstm",
+        'adjoint("i", dc_new * g)', 'adjoint("i", dc_new * c)', "i", None),
+    Bug("lstm_o_relu", "lstm",
+        'adjoint("o", dh * tc)', 'adjoint("o", jnp.maximum(dh * tc, 0.0))', "o",
         "zero", "zero where it should not be"),
     Bug("lstm_gate_deriv", "lstm", "dg * (1 - g**2)", "dg * g * (1 - g)", "z", None),
     Bug("conv_cols_sign", "conv", 'adjoint("cols", dout @ w.reshape(o, -1))',
@@ -289,7 +302,7 @@ BUGS = (
 )
 
 # the reduced corpus of make test (the rest runs under -m slow)
-FAST_BUGS = ("ln_bessel", "bn_mean_axis", "att_dp_transposed")
+FAST_BUGS = ("ln_bessel",)
 
 
 def planted_source(bug: Bug | None) -> tuple:

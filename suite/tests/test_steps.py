@@ -157,13 +157,14 @@ def _xw(dtype, seed=0):
             (0.5 * rng.standard_normal((3, 2))).astype(dtype))
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [pytest.param(np.float64, marks=pytest.mark.slow), np.float32])
 def test_check_jvp_passes_a_correct_rule_in_both_dtypes(dtype):
     assert check_jvp(_f, _f_jvp, *_xw(dtype)).passed
 
 
-@pytest.mark.parametrize("bug, tensor", [("sign", "out[0]"), ("missing", "out[0]"),
-                                         ("half", "out[1]")])
+@pytest.mark.parametrize("bug, tensor", [pytest.param("sign", "out[0]", marks=pytest.mark.slow),
+                                         ("missing", "out[0]"),
+                                         pytest.param("half", "out[1]", marks=pytest.mark.slow)])
 def test_check_jvp_catches_planted_rules_naming_the_tensor(bug, tensor):
     r = check_jvp(_f, functools.partial(_f_jvp, bug=bug), *_xw(np.float64))
     assert r.status is Status.FAIL
@@ -194,7 +195,7 @@ def _logsumexp_bad_jvp(primals, tangents):
     return y, jnp.sum(jnp.exp(x) * t)  # BUG: softmax weights not normalised
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.slow)])
 def test_check_custom_jvp_passes_a_correct_rule_and_catches_a_wrong_one(dtype):
     x = np.linspace(-1.0, 1.0, 5).astype(dtype)
     assert check_custom_jvp(_logsumexp, x).passed
