@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["REL_FLOOR", "Tolerance", "TOLERANCES", "AMPLIFICATION_SAFETY", "FD_TOLERANCE",
-           "FD_SAFETY", "tolerance", "unit_roundoff", "amplification", "widening", "LeafReport",
+           "FD_SAFETY", "TRUTH_RATIO", "truth_ratio", "tolerance", "unit_roundoff",
+           "amplification", "widening", "LeafReport",
            "Comparison", "band", "compare_leaf", "compare", "witness"]
 
 # Entries smaller than this fraction of the leaf's largest magnitude have their relative
@@ -106,6 +107,17 @@ TOLERANCES = {
 # (a fused formula, a different reduction order) without admitting a wrong formula.
 AMPLIFICATION_SAFETY = 10.0
 
+# The checker's float32-and-below rule: the code under test may be at most this many
+# times further from the float64 truth than autodiff in the same dtype is (autodiff's
+# distance floored at u, so a nearly exact autodiff does not ask yours for less than one
+# rounding). Measured by scripts/checker_truth_ratio.py over the checker's corpus in
+# float32 (10 seeds): correct layers reach a ratio of 5.3 at most (a GRU step, whose
+# hand-written backward sums in another order), the planted bugs that only the truth
+# sees come in at 22 at least (a tanh-GELU backward with 0.0447 for 0.044715: 22-57; a
+# layer norm's dγ 0.2 % off: 1.3e4 and up). 10 sits between them with a factor ~2 on
+# each side.
+TRUTH_RATIO = 10.0
+
 # Finite-difference witness (float64 only; see reference/finite_diff.py): the
 # Richardson-extrapolated first difference is good to ~eps^(4/5) ≈ 3e-13 and the second
 # to ~eps^(2/3) ≈ 4e-11 relative to the derivative's scale, before the O(h^4)
@@ -151,6 +163,12 @@ def amplification(low, high, dtype):
     if norm_b == 0.0:
         return 0.0 if not np.any(a) else math.inf
     return float(np.linalg.norm(a - b)) / norm_b / unit_roundoff(dtype)
+
+
+def truth_ratio(yours_error, autodiff_error, dtype):
+    """How many times further from the float64 truth yours is than autodiff (both
+    normwise; autodiff's distance floored at u of ``dtype``); judged against TRUTH_RATIO."""
+    return float(yours_error) / max(float(autodiff_error), unit_roundoff(dtype))
 
 
 def widening(dtype, alpha):

@@ -138,6 +138,8 @@ def judge_tensor(check: Check, k: int, slot: Any, y: Any, a: Any, a_pert: list,
                      "of the float64 truth")
     elif not comp.passed and check.kind.order == 1 and probes is not None:
         seen, comp = _settle(k, t, y64, a64, tol, probes, comp)
+    if t.status is Status.PASS and is_low and truth is not None:
+        _truth_rule(t, seen, a64, truth, dtype)
     t.normwise, t.max_abs, t.max_rel = comp.normwise, comp.max_abs, comp.max_rel
     t.frac_outside = comp.frac_outside
     _set_worst(t, comp.worst_index, y64, a64, truth)
@@ -149,6 +151,17 @@ def judge_tensor(check: Check, k: int, slot: Any, y: Any, a: Any, a_pert: list,
                      f"atol {tol.atol:.1e} x max|autodiff|)" if outside else
                      "every element is inside the band, but the normwise error is not")
     return t, tol.normwise + e_ad, seen
+
+
+def _truth_rule(t, seen, a64, truth, dtype):
+    """Float32 and below: yours no further from the float64 truth than TRUTH_RATIO times
+    autodiff's own distance (elements settled at kinks count as autodiff's values)."""
+    e_yours, e_autodiff = normwise(seen, truth), normwise(a64, truth)
+    ratio = cmp.truth_ratio(e_yours, e_autodiff, dtype)
+    if ratio > cmp.TRUTH_RATIO:
+        t.status = Status.FAIL
+        t.message = (f"{t.name}: against the float64 truth yours is {e_yours:.2e} off, autodiff "
+                     f"{e_autodiff:.2e}: {ratio:.3g}x further (at most {cmp.TRUTH_RATIO:g}x)")
 
 
 def _set_worst(t, index, y64, a64, truth):

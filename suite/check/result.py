@@ -272,7 +272,9 @@ class CheckResult:
         """One line: what failed and where (empty for a clean PASS)."""
         parts = [self.message.splitlines()[0]] if self.message else []
         for t in self.tensors:
-            if t.status is Status.FAIL:
+            if t.status is Status.FAIL and t.message.startswith(f"{t.name}: against the float64"):
+                parts.append(t.message)
+            elif t.status is Status.FAIL:
                 at = _index(t.name, t.worst_index)
                 parts.append(f"{t.name}: normwise {_e(t.normwise)} (tol {_e(t.tolerance)}), "
                              f"worst {at}: yours {_g(t.yours)} vs autodiff {_g(t.autodiff)}")

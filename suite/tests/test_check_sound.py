@@ -14,6 +14,8 @@ from jax.flatten_util import ravel_pytree
 
 from manual import conv, linear, mlp
 from suite import check_grad, check_hessian, check_hvp, check_vjp
+from suite import compare as cmp
+from suite.tests import checker_corpus as corpus
 
 DTYPES = ("float32", "float64")
 MLP = dict(activation="tanh", loss="mse")
@@ -120,3 +122,35 @@ def test_a_module_level_numpy_scalar_is_recast_too(dtype):
 
 
 ROOT2 = np.sqrt(2.0)  # a numpy float64 scalar, captured as a global
+
+
+# --- float32: no further from the float64 truth than TRUTH_RATIO x autodiff ------------------
+
+FLOAT32_BUGS = [e for e in corpus.BUGGY if e.name in ("gelu_rounded_constant",)]
+
+
+@pytest.mark.parametrize("entry", FLOAT32_BUGS, ids=lambda e: e.name)
+def test_float32_bugs_inside_the_widened_band_fail_against_the_truth(entry):
+    result = check_vjp(entry.fun, entry.vjp, *corpus.primals(entry, 0, "float32"),
+                       batched=False)
+    assert result.status == "FAIL", str(result)
+    (t,) = [t for t in result.tensors if t.status == "FAIL"]
+    assert t.name == entry.wrong
+    assert t.truth_yours > cmp.TRUTH_RATIO * t.truth_autodiff
+    for words in (f"{entry.wrong}: against the float64 truth yours is {t.truth_yours:.2e}",
+                  f"autodiff {t.truth_autodiff:.2e}"):
+        assert words in str(result)
+
+
+def test_the_correct_gelu_passes_in_float32():
+    entry = next(e for e in corpus.CORRECT if e.name == "gelu")
+    for seed in (0, 1, 2):
+        result = check_vjp(entry.fun, entry.vjp, *corpus.primals(entry, seed, "float32"),
+                           batched=False, seed=seed)
+        assert result.status == "PASS", str(result)
+
+
+def test_truth_ratio_floors_autodiff_at_one_rounding():
+    u = cmp.unit_roundoff("float32")
+    assert cmp.truth_ratio(5 * u, 0.0, "float32") == pytest.approx(5.0)
+    assert cmp.truth_ratio(8e-6, 1e-7, "float32") == pytest.approx(80.0)
