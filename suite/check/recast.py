@@ -41,7 +41,7 @@ from jax.extend import core as jcore
 
 from suite.check.options import Layout, native_scope
 
-__all__ = ["retyped", "needs_recast", "evaluate", "cached"]
+__all__ = ["retyped", "retype", "needs_recast", "evaluate", "cached"]
 
 
 def cached(factory: Callable) -> Callable:
@@ -173,3 +173,17 @@ def retyped(fun: Callable, layout: Layout, target: str) -> Callable:
     if not needs_recast(layout, target):
         return fun
     return _retyped(fun, Layout(layout.leaves, layout.treedefs), np.dtype(target).name)
+
+
+
+def retype(fn: Callable, specs: Any, target: str) -> Callable:
+    """``fn`` traced now at ``specs`` (a pytree of ShapeDtypeStruct, one per argument; in
+    the x64 scope those dtypes need), as a function of the same arguments that evaluates
+    its program with every floating value in ``target``."""
+    closed, shape = jax.make_jaxpr(fn, return_shape=True)(*specs)
+    out_tree = jax.tree_util.tree_structure(shape)
+
+    def at_target(*args):
+        out = evaluate(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), target)
+        return jax.tree_util.tree_unflatten(out_tree, out)
+    return at_target

@@ -56,6 +56,8 @@ class TensorResult:
         difference in float64, ± ``fd_error``; None when not probed).
       truth_yours, truth_autodiff: for float32/float16/bfloat16 checks, the normwise
         errors of each against autodiff in float64 on the same inputs widened.
+      derivation_float64: for those checks, the normwise error of yours run in float64
+        (every float its program holds recast) against that truth: the derivation alone.
       resolved: False when the dtype cannot resolve this tensor (autodiff itself is
         further from the float64 truth than the widest tolerance); it is then not judged.
     """
@@ -81,6 +83,7 @@ class TensorResult:
     fd_error: float | None = None
     truth_yours: float | None = None
     truth_autodiff: float | None = None
+    derivation_float64: float | None = None
     resolved: bool = True
     kinks: list = dataclasses.field(default_factory=list)
     message: str = ""
@@ -151,8 +154,10 @@ def _tensor_lines(t: TensorResult, is_low: bool) -> list[str]:
         lines.append(f"        worst element {_index(t.name, t.worst_index)}: yours {_g(t.yours)}, "
                      f"autodiff {_g(t.autodiff)}{f64}, {fd}")
     if is_low and t.truth_yours is not None:
+        run64 = ("" if t.derivation_float64 is None
+                 else f"; yours run in float64 {_e(t.derivation_float64)}")
         lines.append(f"        against the float64 truth: yours {_e(t.truth_yours)}, "
-                     f"autodiff {_e(t.truth_autodiff)}")
+                     f"autodiff {_e(t.truth_autodiff)}{run64}")
     for k in t.kinks:
         said = {"left": "matched the left-sided slope", "right": "matched the right-sided slope",
                 "between": "lies between the two slopes",
@@ -223,8 +228,7 @@ class CheckResult:
         if self.checks:
             lines.append("  checks: " + " · ".join(f"{c.name} {c.status.value}"
                                                    for c in self.checks))
-            lines += [f"    {c.name}: {c.detail}" for c in self.checks
-                      if c.status is not Status.PASS]
+            lines += [f"    {c.name}: {c.detail}" for c in self.checks if c.detail]
         if self.witness is not None:
             w = self.witness
             lines.append(f"  finite-difference witness along a random direction v: {w.verdict} "
@@ -244,7 +248,7 @@ class CheckResult:
             for f in ("normwise", "tolerance", "widening", "amplification", "max_abs", "max_rel",
                       "frac_outside", "worst_index", "yours", "autodiff", "autodiff_float64",
                       "finite_differences", "fd_error", "truth_yours", "truth_autodiff",
-                      "resolved"):
+                      "derivation_float64", "resolved"):
                 row[f] = getattr(t, f)
             row["kinks"] = len(t.kinks)
             row["message"] = t.message

@@ -405,13 +405,14 @@ CORRECT = (
     Entry("logsumexp", logsumexp, logsumexp_vjp, lse_inputs),
     Entry("two_outputs", two_outputs, two_outputs_vjp, two_inputs),
     Entry("cross_entropy", cross_entropy, cross_entropy_vjp, ce_inputs),
-    Entry("dense", dense, dense_vjp, dense_inputs),
     Entry("gelu", gelu, gelu_vjp, gelu_inputs),
+    Entry("dense", dense, dense_vjp, dense_inputs),  # last: test_checker's half precision
 )
 
 ILL = (
     Entry("saturated_attention", attention, attention_vjp, saturated_inputs),
     Entry("near_constant_layer_norm", layer_norm, layer_norm_vjp, near_constant_rows),
+    Entry("offset_layer_norm", layer_norm, layer_norm_vjp, offset_rows),
     Entry("exp10", exp10, exp10_vjp, exp10_inputs),
     Entry("large_logits", cross_entropy, cross_entropy_vjp, large_logits),
     Entry("logits_450_attention", attention, attention_vjp, logits_450_inputs),
@@ -428,6 +429,8 @@ BUGGY = (
     Entry("missing_chain_factor", exp10, exp10_vjp_no_chain, exp10_inputs, wrong="x"),
     Entry("missing_scale_in_dq", attention, attention_vjp_no_scale, attention_inputs, wrong="q"),
     Entry("gelu_rounded_constant", gelu, gelu_vjp_rounded_constant, gelu_inputs, wrong="x"),
+    Entry("dgamma_0.2%", layer_norm, layer_norm_vjp_dgamma_off, offset_rows,
+          wrong="params['gamma']"),
 )
 
 

@@ -126,7 +126,7 @@ ROOT2 = np.sqrt(2.0)  # a numpy float64 scalar, captured as a global
 
 # --- float32: no further from the float64 truth than TRUTH_RATIO x autodiff ------------------
 
-FLOAT32_BUGS = [e for e in corpus.BUGGY if e.name in ("gelu_rounded_constant",)]
+FLOAT32_BUGS = [e for e in corpus.BUGGY if e.name in ("gelu_rounded_constant", "dgamma_0.2%")]
 
 
 @pytest.mark.parametrize("entry", FLOAT32_BUGS, ids=lambda e: e.name)
@@ -136,10 +136,15 @@ def test_float32_bugs_inside_the_widened_band_fail_against_the_truth(entry):
     assert result.status == "FAIL", str(result)
     (t,) = [t for t in result.tensors if t.status == "FAIL"]
     assert t.name == entry.wrong
-    assert t.truth_yours > cmp.TRUTH_RATIO * t.truth_autodiff
-    for words in (f"{entry.wrong}: against the float64 truth yours is {t.truth_yours:.2e}",
-                  f"autodiff {t.truth_autodiff:.2e}"):
-        assert words in str(result)
+    assert f"{entry.wrong}: against the float64 truth" in str(result)
+    if entry.name == "gelu_rounded_constant":  # 0.03 % off: within float32's row in float64
+        assert t.truth_yours > cmp.TRUTH_RATIO * t.truth_autodiff
+        for words in (f"yours is {t.truth_yours:.2e}", f"autodiff {t.truth_autodiff:.2e}"):
+            assert words in str(result)
+    else:  # 0.2 % off, within TRUTH_RATIO of a float32 autodiff 3.5 digits off the truth
+        assert t.truth_yours < cmp.TRUTH_RATIO * t.truth_autodiff
+        assert f"yours run in float64 is {t.derivation_float64:.2e} off" in str(result)
+        assert t.derivation_float64 > 1e-3
 
 
 def test_the_correct_gelu_passes_in_float32():
@@ -154,3 +159,58 @@ def test_truth_ratio_floors_autodiff_at_one_rounding():
     u = cmp.unit_roundoff("float32")
     assert cmp.truth_ratio(5 * u, 0.0, "float32") == pytest.approx(5.0)
     assert cmp.truth_ratio(8e-6, 1e-7, "float32") == pytest.approx(80.0)
+
+
+# --- integer primals: what yours returns there is named, never silently dropped ---------------
+
+def _scaled(x, w):
+    return x * w.astype(x.dtype)
+
+
+def test_a_derivative_returned_for_an_integer_primal_is_named_not_judged():
+    x, w = np.linspace(-1.0, 1.0, 6), np.arange(6, dtype=np.int32)
+    wrong = check_vjp(_scaled, lambda x, w, g: (g * w, 1000.0 * g * x), x, w)
+    assert wrong.status == "PASS", str(wrong)  # not judged: an integer has no derivative
+    (note,) = [n for n in wrong.notes if "integer primal w" in n]
+    assert "(int32): not judged; it is nonzero" in note
+    zeros = check_vjp(_scaled, lambda x, w, g: (g * w, jnp.zeros(6)), x, w)
+    assert any("integer primal w (int32): not judged; it is zeros" in n for n in zeros.notes)
+    none = check_vjp(_scaled, lambda x, w, g: (g * w, None), x, w)
+    assert not any("integer primal" in n for n in none.notes)
+
+
+def test_all_integer_primals_are_named_with_their_dtypes():
+    with pytest.raises(ValueError, match=r"primal 0 \(k\) is int32, primal 1 \(n\) is int64"):
+        check_vjp(lambda k, n: k * n, lambda k, n, g: (None, None),
+                  np.arange(3, dtype=np.int32), np.arange(3, dtype=np.int64), names=("k", "n"))
+
+
+# --- determinism: bitwise by default, nondet_tol= for a kernel with atomic adds -----------------
+
+_NOISE = np.random.default_rng(0)
+
+
+def _noisy(d):  # host side: what an atomic-add reduction does, 1e-9 of the tensor's scale
+    d = np.asarray(d)
+    return (d + 1e-9 * np.max(np.abs(d)) * _NOISE.standard_normal(d.shape)).astype(d.dtype)
+
+
+def _sin_vjp_with_run_to_run_noise(x, g):
+    d = jnp.cos(x) * g
+    return jax.pure_callback(_noisy, jax.ShapeDtypeStruct(d.shape, d.dtype), d)
+
+
+def test_run_to_run_noise_fails_bitwise_and_passes_under_nondet_tol():
+    x = np.random.default_rng(3).normal(size=64).astype(np.float32)
+    strict = check_vjp(jnp.sin, _sin_vjp_with_run_to_run_noise, x, batched=False)
+    assert strict.status == "FAIL", str(strict)
+    (det,) = [c for c in strict.checks if c.name == "determinism"]
+    assert det.status == "FAIL" and "allowed bitwise (nondet_tol=0)" in det.detail
+    loose = check_vjp(jnp.sin, _sin_vjp_with_run_to_run_noise, x, batched=False,
+                      nondet_tol=1e-6)
+    assert loose.status == "PASS", str(loose)
+    (det,) = [c for c in loose.checks if c.name == "determinism"]
+    measured = float(det.detail.split("difference ")[1].split(" ")[0])
+    assert 1e-10 < measured < 1e-8 and "<= nondet_tol 1.0e-06" in str(loose)
+    with pytest.raises(ValueError, match="nondet_tol must be a non-negative number"):
+        check_vjp(jnp.sin, _sin_vjp_with_run_to_run_noise, x, nondet_tol=-1.0)

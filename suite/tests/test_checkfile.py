@@ -7,6 +7,7 @@ ordinary user code, and the CLI's check does not switch JAX to the suite's setti
 import json
 import os
 import pathlib
+import runpy
 import textwrap
 
 import jax
@@ -86,3 +87,10 @@ def test_usage_errors_exit_2(capsys, tmp_path, content, why):
         path.write_text(content)
     code, out = _run(capsys, path if content is not None else os.fspath(path) + ".missing")
     assert code == 2 and why in out.err
+
+
+@pytest.mark.parametrize("name, code", [("custom_layer.py", 0), ("custom_layer_buggy.py", 1)])
+def test_the_examples_run_as_scripts_exit_1_when_a_check_fails(name, code, capsys):
+    with jax.numpy_rank_promotion("allow"), pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    assert stop.value.code == code, capsys.readouterr().out
