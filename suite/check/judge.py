@@ -53,18 +53,20 @@ def widen(dtype: str, ref: np.ndarray, ref_pert: list, truth: np.ndarray | None,
     to first order and three independent roundings remain (norm √6 times one); (b) for
     low precision, autodiff's distance from the float64 truth on the same inputs; (c) for
     float64, autodiff's float32 shadow (the inputs rounded to float32) against ref, in
-    float32 units. (a) alone can miss: a compiler that rounds the perturbed inputs back to
-    the same intermediates (seen with XLA on a GPU) re-rolls no rounding at all, while
-    (c) measures how much the function amplifies a rounding of its inputs, whatever the
-    device.
+    float32 units; (a) and (c) are estimates from one draw, taken AMPLIFICATION_MARGIN
+    times to bound the worst case, (b) is measured. (a) alone can miss: a compiler that
+    rounds the perturbed inputs back to the same intermediates (seen with XLA on a GPU)
+    re-rolls no rounding at all, while (c) measures how much the function amplifies a
+    rounding of its inputs, whatever the device.
     """
     plus, minus = ref_pert
     second = plus + minus - ref  # = ref + (plus - 2 ref + minus): compared with ref below
-    alphas = [cmp.amplification(second, ref, dtype) / math.sqrt(6.0)]
+    margin = cmp.AMPLIFICATION_MARGIN  # (a) and (c) are estimates: an upper bound needs it
+    alphas = [margin * cmp.amplification(second, ref, dtype) / math.sqrt(6.0)]
     if truth is not None:
         alphas.append(cmp.amplification(ref, truth, dtype))
     if shadow is not None:
-        alphas.append(cmp.amplification(shadow, ref, "float32"))
+        alphas.append(margin * cmp.amplification(shadow, ref, "float32"))
     finite = [a for a in alphas if math.isfinite(a)]
     alpha = max(finite) if finite else math.nan
     factor, needed = cmp.widening(dtype, alpha)
@@ -305,8 +307,7 @@ def witness(check: Check, yours: list, refs: tuple, probes: Probes, terms: list)
             p_y = float(w @ as_f64(yours[0]) @ w)
             p_a = float(w @ as_f64(refs[0]) @ w)
             scale = float(np.linalg.norm(as_f64(refs[0])))
-            tol = (cmp.FD_SAFETY * error + cmp.FD_TOLERANCE[2] * scale + terms[0] * scale)
-            return _verdict(value, error, p_y, p_a, tol, None)
+            return _verdict(value, error, p_y, p_a, 2, terms[0] * scale, None, scale)
         value, error = polarized(probes, 0, 1)
         value, error, est = value * vn, error * vn, None
         sizes = [math.prod(lf.shape) for lf in check.layout.floats]
@@ -317,13 +318,14 @@ def witness(check: Check, yours: list, refs: tuple, probes: Probes, terms: list)
     scale = math.sqrt(sum(float(np.vdot(as_f64(a), as_f64(a))) for a in refs))
     share = sum(term * float(np.linalg.norm(as_f64(a))) * float(np.linalg.norm(vi))
                 for term, a, vi in zip(terms, refs, v, strict=True))
-    tol = cmp.FD_SAFETY * error + cmp.FD_TOLERANCE[check.kind.order] * scale + share
-    return _verdict(value, error, p_y, p_a, tol, est)
+    return _verdict(value, error, p_y, p_a, check.kind.order, share, est, scale)
 
 
-def _verdict(value, error, p_y, p_a, tol, est):
-    yours_ok = abs(value - p_y) <= tol
-    ad_ok = abs(value - p_a) <= tol
+def _verdict(value, error, p_y, p_a, order, slack, est, scale):
+    """compare.witness_judge on yours' and autodiff's projections: which side it takes."""
+    _, tol, yours_ok = cmp.witness_judge(value, p_y, scale, order, error, slack)
+    ad_ok = cmp.witness_judge(value, p_a, scale, order, error, slack)[2]
+    tol *= max(scale, np.finfo(np.float64).tiny)
     if yours_ok:
         verdict = "agrees"
     elif ad_ok:
@@ -333,7 +335,7 @@ def _verdict(value, error, p_y, p_a, tol, est):
     else:
         verdict = "inconclusive"
     return Witness(value=value, error=error, yours=p_y, autodiff=p_a, tolerance=tol,
-                   verdict=verdict)
+                   verdict=verdict, scale=scale)
 
 
 def integer_notes(check: Check, integers: tuple) -> list:

@@ -113,6 +113,7 @@ class Witness:
     autodiff: float
     tolerance: float
     verdict: str
+    scale: float = math.nan  # ||autodiff||, the derivative's norm (compare.witness's scale)
 
 
 def _g(x, spec=".8g"):
@@ -267,9 +268,10 @@ class CheckResult:
             row.worst_index = None if worst.worst_index is None else str(worst.worst_index)
             row.worst_manual, row.worst_reference = worst.yours, worst.autodiff
             row.truth_manual, row.truth_reference = worst.truth_yours, worst.truth_autodiff
-        if self.witness is not None:
-            scale = max(abs(self.witness.autodiff), 1e-300)
-            row.fd_error = abs(self.witness.value - self.witness.yours) / scale
+        if self.witness is not None:  # compare.witness's meaning: |fd - <g, v>| / ||g||
+            w = self.witness
+            scale = w.scale if math.isfinite(w.scale) and w.scale > 0 else abs(w.autodiff)
+            row.fd_error = abs(w.value - w.yours) / max(scale, 1e-300)
         return row
 
     def summary(self) -> str:

@@ -89,8 +89,7 @@ def test_usage_errors_exit_2(capsys, tmp_path, content, why):
     assert code == 2 and why in out.err
 
 
-@pytest.mark.parametrize("name, code", [("custom_layer.py", 0), ("custom_layer_buggy.py", 1)])
-def test_the_examples_run_as_scripts_exit_1_when_a_check_fails(name, code, capsys):
+def test_the_buggy_example_run_as_a_script_exits_1(capsys):
     with jax.numpy_rank_promotion("allow"), pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(EXAMPLES / name), run_name="__main__")
-    assert stop.value.code == code, capsys.readouterr().out
+        runpy.run_path(str(EXAMPLES / "custom_layer_buggy.py"), run_name="__main__")
+    assert stop.value.code == 1, capsys.readouterr().out
