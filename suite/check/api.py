@@ -114,11 +114,18 @@ def _stages(check):
     native = runs.native_runs(check)
     truths = runs.truth_run(check) if check.dtype != "float64" else None
     fd = probes.fd_run(check, native.yours, native.autodiff) if check.opts.fd else None
-    tensors, terms, seen = judge.judge_tensors(check, native, truths, fd)
+    yours64 = None
+    if check.dtype != "float64" and not check.eager:
+        try:
+            yours64 = runs.yours_float64(check)
+        except Exception as err:
+            check.notes.append(f"yours could not be run in float64 ({runs.first_line(err)}); "
+                               f"its derivation was judged in {check.dtype} only")
+    tensors, terms, seen = judge.judge_tensors(check, native, truths, fd, yours64)
     names = [t.name for t in tensors]
     checks = extra.extra_checks(check, native, names, [t.widening for t in tensors])
     witness = judge.witness(check, seen, native.autodiff, fd, terms) if fd is not None else None
-    return judge.result(check, tensors, checks, witness)
+    return judge.result(check, tensors, checks, witness, native.integers)
 
 
 def _label(fun, name):

@@ -40,6 +40,7 @@ from suite.check.runs import Check, FastRun, NativeRuns, as_f64
 from suite.results import Status
 
 __all__ = ["widen", "judge_tensors", "judge_tensor", "witness", "result", "fast_result",
+           "integer_notes",
            "normwise", "flat_name"]
 
 
@@ -52,18 +53,20 @@ def widen(dtype: str, ref: np.ndarray, ref_pert: list, truth: np.ndarray | None,
     to first order and three independent roundings remain (norm √6 times one); (b) for
     low precision, autodiff's distance from the float64 truth on the same inputs; (c) for
     float64, autodiff's float32 shadow (the inputs rounded to float32) against ref, in
-    float32 units. (a) alone can miss: a compiler that rounds the perturbed inputs back to
-    the same intermediates (seen with XLA on a GPU) re-rolls no rounding at all, while
-    (c) measures how much the function amplifies a rounding of its inputs, whatever the
-    device.
+    float32 units; (a) and (c) are estimates from one draw, taken AMPLIFICATION_MARGIN
+    times to bound the worst case, (b) is measured. (a) alone can miss: a compiler that
+    rounds the perturbed inputs back to the same intermediates (seen with XLA on a GPU)
+    re-rolls no rounding at all, while (c) measures how much the function amplifies a
+    rounding of its inputs, whatever the device.
     """
     plus, minus = ref_pert
     second = plus + minus - ref  # = ref + (plus - 2 ref + minus): compared with ref below
-    alphas = [cmp.amplification(second, ref, dtype) / math.sqrt(6.0)]
+    margin = cmp.AMPLIFICATION_MARGIN  # (a) and (c) are estimates: an upper bound needs it
+    alphas = [margin * cmp.amplification(second, ref, dtype) / math.sqrt(6.0)]
     if truth is not None:
         alphas.append(cmp.amplification(ref, truth, dtype))
     if shadow is not None:
-        alphas.append(cmp.amplification(shadow, ref, "float32"))
+        alphas.append(margin * cmp.amplification(shadow, ref, "float32"))
     finite = [a for a in alphas if math.isfinite(a)]
     alpha = max(finite) if finite else math.nan
     factor, needed = cmp.widening(dtype, alpha)
@@ -89,7 +92,7 @@ def flat_name(check: Check, g: int) -> str:
 
 
 def judge_tensors(check: Check, runs: NativeRuns, truths: tuple | None,
-                  probes: Probes | None) -> tuple:
+                  probes: Probes | None, yours64: tuple | None = None) -> tuple:
     """(TensorResults, the witness's share per tensor, yours as the witness sees it)."""
     yours, refs = runs.yours, runs.autodiff
     slots = check.kind.slots(check.layout, check.names, check.display, check.dtype, refs)
@@ -98,7 +101,9 @@ def judge_tensors(check: Check, runs: NativeRuns, truths: tuple | None,
         pert = [as_f64(p[k]) for p in runs.perturbed]
         shadow = None if runs.shadow is None else as_f64(runs.shadow[k])
         truth = None if truths is None else as_f64(truths[k])
-        t, term, s = judge_tensor(check, k, slot, yours[k], refs[k], pert, truth, probes, shadow)
+        y64 = None if yours64 is None else as_f64(yours64[k])
+        t, term, s = judge_tensor(check, k, slot, yours[k], refs[k], pert, truth, probes, shadow,
+                                  y64)
         tensors.append(t)
         terms.append(term)
         seen.append(s)
@@ -111,9 +116,14 @@ def judge_tensors(check: Check, runs: NativeRuns, truths: tuple | None,
 
 def judge_tensor(check: Check, k: int, slot: Any, y: Any, a: Any, a_pert: list,
                  truth: np.ndarray | None, probes: Probes | None,
-                 shadow: np.ndarray | None = None) -> tuple:
+                 shadow: np.ndarray | None = None, yours64: np.ndarray | None = None) -> tuple:
     """One tensor: (TensorResult, its share of the witness tolerance, yours as the witness
-    should see it: with the elements settled at kinks replaced by autodiff's values)."""
+    should see it: with the elements settled at kinks replaced by autodiff's values).
+
+    ``yours64``: for a low-precision check, yours run in float64 (its program retyped);
+    it must meet the float64 truth within the check dtype's own (unwidened) row: with the
+    rounding gone, what is left is the derivation.
+    """
     dtype = check.dtype
     is_low = dtype != "float64"
     y64, a64 = as_f64(y), as_f64(a)
@@ -138,6 +148,10 @@ def judge_tensor(check: Check, k: int, slot: Any, y: Any, a: Any, a_pert: list,
                      "of the float64 truth")
     elif not comp.passed and check.kind.order == 1 and probes is not None:
         seen, comp = _settle(k, t, y64, a64, tol, probes, comp)
+    if t.status is Status.PASS and is_low and truth is not None:
+        _truth_rule(t, seen, a64, truth, dtype)
+    if is_low and truth is not None and yours64 is not None:
+        _derivation_rule(t, np.where(seen != y64, truth, yours64), truth, alpha, dtype)
     t.normwise, t.max_abs, t.max_rel = comp.normwise, comp.max_abs, comp.max_rel
     t.frac_outside = comp.frac_outside
     _set_worst(t, comp.worst_index, y64, a64, truth)
@@ -149,6 +163,33 @@ def judge_tensor(check: Check, k: int, slot: Any, y: Any, a: Any, a_pert: list,
                      f"atol {tol.atol:.1e} x max|autodiff|)" if outside else
                      "every element is inside the band, but the normwise error is not")
     return t, tol.normwise + e_ad, seen
+
+
+def _truth_rule(t, seen, a64, truth, dtype):
+    """Float32 and below: yours no further from the float64 truth than TRUTH_RATIO times
+    autodiff's own distance (elements settled at kinks count as autodiff's values)."""
+    e_yours, e_autodiff = normwise(seen, truth), normwise(a64, truth)
+    ratio = cmp.truth_ratio(e_yours, e_autodiff, dtype)
+    if ratio > cmp.TRUTH_RATIO:
+        t.status = Status.FAIL
+        t.message = (f"{t.name}: against the float64 truth yours is {e_yours:.2e} off, autodiff "
+                     f"{e_autodiff:.2e}: {ratio:.3g}x further (at most {cmp.TRUTH_RATIO:g}x)")
+
+
+def _derivation_rule(t, yours64, truth, alpha, dtype):
+    """Yours run in float64 against the truth, within the check dtype's table row (widened
+    only by the function's amplification at float64's u)."""
+    table = cmp.tolerance(dtype)
+    u64 = cmp.unit_roundoff("float64")
+    alpha = alpha if math.isfinite(alpha) else 0.0
+    tol = table.widened(cmp.AMPLIFICATION_SAFETY * alpha * u64 / table.normwise)
+    comp = cmp.compare_leaf(yours64, truth, tol, t.name)
+    t.derivation_float64 = comp.normwise
+    if t.status is Status.PASS and not comp.passed:
+        t.status = Status.FAIL
+        t.message = (f"{t.name}: against the float64 truth, yours run in float64 is "
+                     f"{comp.normwise:.2e} off (normwise; tolerance {tol.normwise:.1e}, the "
+                     f"{dtype} row): the derivation itself is off, not its rounding")
 
 
 def _set_worst(t, index, y64, a64, truth):
@@ -266,8 +307,7 @@ def witness(check: Check, yours: list, refs: tuple, probes: Probes, terms: list)
             p_y = float(w @ as_f64(yours[0]) @ w)
             p_a = float(w @ as_f64(refs[0]) @ w)
             scale = float(np.linalg.norm(as_f64(refs[0])))
-            tol = (cmp.FD_SAFETY * error + cmp.FD_TOLERANCE[2] * scale + terms[0] * scale)
-            return _verdict(value, error, p_y, p_a, tol, None)
+            return _verdict(value, error, p_y, p_a, 2, terms[0] * scale, None, scale)
         value, error = polarized(probes, 0, 1)
         value, error, est = value * vn, error * vn, None
         sizes = [math.prod(lf.shape) for lf in check.layout.floats]
@@ -278,13 +318,14 @@ def witness(check: Check, yours: list, refs: tuple, probes: Probes, terms: list)
     scale = math.sqrt(sum(float(np.vdot(as_f64(a), as_f64(a))) for a in refs))
     share = sum(term * float(np.linalg.norm(as_f64(a))) * float(np.linalg.norm(vi))
                 for term, a, vi in zip(terms, refs, v, strict=True))
-    tol = cmp.FD_SAFETY * error + cmp.FD_TOLERANCE[check.kind.order] * scale + share
-    return _verdict(value, error, p_y, p_a, tol, est)
+    return _verdict(value, error, p_y, p_a, check.kind.order, share, est, scale)
 
 
-def _verdict(value, error, p_y, p_a, tol, est):
-    yours_ok = abs(value - p_y) <= tol
-    ad_ok = abs(value - p_a) <= tol
+def _verdict(value, error, p_y, p_a, order, slack, est, scale):
+    """compare.witness_judge on yours' and autodiff's projections: which side it takes."""
+    _, tol, yours_ok = cmp.witness_judge(value, p_y, scale, order, error, slack)
+    ad_ok = cmp.witness_judge(value, p_a, scale, order, error, slack)[2]
+    tol *= max(scale, np.finfo(np.float64).tiny)
     if yours_ok:
         verdict = "agrees"
     elif ad_ok:
@@ -294,12 +335,30 @@ def _verdict(value, error, p_y, p_a, tol, est):
     else:
         verdict = "inconclusive"
     return Witness(value=value, error=error, yours=p_y, autodiff=p_a, tolerance=tol,
-                   verdict=verdict)
+                   verdict=verdict, scale=scale)
 
 
-def result(check: Check, tensors: list, checks: list, witness: Witness | None) -> CheckResult:
+def integer_notes(check: Check, integers: tuple) -> list:
+    """A note per integer primal that yours returned a derivative for: not judged (an
+    integer has no derivative; JAX returns float0), and said whether it is nonzero."""
+    leaves = [lf for lf, pos in zip(check.layout.ints, check.layout.int_positions, strict=True)
+              if pos >= 0]
+    notes = []
+    for lf, value in zip(leaves, integers, strict=True):
+        value = np.asarray(value)
+        name = f"{check.names[lf.arg]}{lf.path}"
+        biggest = float(np.max(np.abs(value.astype(np.float64)))) if value.size else 0.0
+        what = (f"nonzero (max |·| {biggest:.3g}): an integer primal has no derivative"
+                if biggest else "zeros")
+        notes.append(f"{check.kind.what} returned {value.dtype}{list(value.shape)} for the "
+                     f"integer primal {name} ({lf.dtype}): not judged; it is {what}")
+    return notes
+
+
+def result(check: Check, tensors: list, checks: list, witness: Witness | None,
+           integers: tuple = ()) -> CheckResult:
     """The CheckResult: the worst of the tensors', the extra checks' and the witness's."""
-    notes = list(check.notes)
+    notes = list(check.notes) + integer_notes(check, integers)
     statuses = [t.status for t in tensors] + [c.status for c in checks]
     if witness is not None and witness.verdict == "disagrees":
         statuses.append(Status.FAIL)

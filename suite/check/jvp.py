@@ -51,6 +51,7 @@ from suite.check.options import (
     require_seed,
     split,
 )
+from suite.check.recast import cached
 from suite.check.recording import recorded
 from suite.check.result import CheckOutcome, CheckResult, Kink, Witness
 from suite.results import Status
@@ -105,7 +106,7 @@ def _fd_values(fun, layout, floats, ints, dense, h):
     return tuple(jnp.moveaxis(v, 0, -1) for v in vals)
 
 
-@runs.cached
+@cached
 def _programs(fun, jvp, layout):
     return (jax.jit(functools.partial(_yours_batched, jvp, layout)),
             functools.partial(_yours_batched, jvp, layout),

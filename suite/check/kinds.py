@@ -77,8 +77,8 @@ class Kind:
     def locate(self, layout: Layout, raw: Any, names: tuple, arrays: list) -> tuple:
         """(the layout with yours' positions, notes) from the structure yours returned."""
         expected = expected_structure(layout, arrays)
-        positions, notes = match(layout, raw, expected, names, self.what)
-        return Layout(layout.leaves, layout.treedefs, positions), notes
+        positions, int_positions, notes = match(layout, raw, expected, names, self.what)
+        return Layout(layout.leaves, layout.treedefs, positions, int_positions), notes
 
     def slots(self, layout: Layout, names: tuple, display: list, dtype: str,
               refs: tuple) -> list:

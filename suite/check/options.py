@@ -59,6 +59,9 @@ class Options:
         "help": "jit-compile yours (default True; falls back to eager if it cannot be traced)"})
     max_probes: int = dataclasses.field(default=32, metadata={
         "help": "elements probed by one-sided finite differences per check (default 32)"})
+    nondet_tol: float = dataclasses.field(default=0.0, metadata={
+        "help": "the run-to-run difference determinism allows, max|run1 - run2| / max|run1| "
+                "per tensor (default 0: bitwise identical)"})
 
     @classmethod
     def parse(cls, function: str, options: dict) -> Options:
@@ -74,6 +77,10 @@ class Options:
                 or opts.max_probes < 0:
             raise ValueError(f"{function}: max_probes must be a non-negative int, "
                              f"got {opts.max_probes!r}")
+        if isinstance(opts.nondet_tol, bool) or not isinstance(opts.nondet_tol, (int, float)) \
+                or not opts.nondet_tol >= 0:
+            raise ValueError(f"{function}: nondet_tol must be a non-negative number, "
+                             f"got {opts.nondet_tol!r}")
         return opts
 
     def replace(self, **changes: Any) -> Options:
@@ -141,6 +148,7 @@ class Layout:
     leaves: tuple
     treedefs: tuple
     positions: tuple = ()  # per float leaf: index in yours' flattened result, -1: zeros
+    int_positions: tuple = ()  # per integer leaf: index of what yours returned there, -1: none
 
     @property
     def floats(self) -> tuple:
@@ -158,6 +166,17 @@ class Layout:
         flat = jax.tree_util.tree_flatten(raw, is_leaf=is_none)[0]
         return tuple(jnp.zeros(leaf.shape, leaf.dtype) if pos < 0 else jnp.asarray(flat[pos])
                      for leaf, pos in zip(self.floats, self.positions, strict=True))
+
+    @property
+    def ints(self) -> tuple:
+        return tuple(leaf for leaf in self.leaves if not leaf.is_float)
+
+    def pick_ints(self, raw: Any) -> tuple:
+        """What yours returned at the integer leaves that it returned something for."""
+        if not any(pos >= 0 for pos in self.int_positions):
+            return ()
+        flat = jax.tree_util.tree_flatten(raw, is_leaf=is_none)[0]
+        return tuple(jnp.asarray(flat[pos]) for pos in self.int_positions if pos >= 0)
 
     def shapes_only(self) -> Layout:
         """The layout without dtypes or positions: what autodiff and finite differences need."""
@@ -215,7 +234,10 @@ def prepare(function: str, primals: tuple, names: tuple, *,
     strong = [np.dtype(a.dtype) for (a, weak), lf in zip(raw, leaves, strict=True)
               if lf.is_float and not weak]
     if not any(lf.is_float for lf in leaves):
-        raise ValueError(f"{function}: no floating-point primal, nothing to differentiate")
+        kinds = ", ".join(f"primal {lf.arg} ({names[lf.arg]}{lf.path}) is {lf.dtype}"
+                          for lf in leaves)
+        raise ValueError(f"{function}: no floating-point primal, nothing to differentiate: "
+                         f"{kinds}")
     # the least precise floating dtype decides the tolerance (mixed precision is judged as
     # its weakest part); Python floats take it too
     dtype = max(strong, key=lambda t: float(jnp.finfo(t).eps)) if strong else np.dtype("float64")
@@ -276,7 +298,8 @@ def _same_structure(a, b):
 
 
 def match(layout: Layout, raw: Any, expected: tuple, names: tuple, what: str) -> tuple:
-    """(positions of the float leaves in yours' flattened result, notes), or Mismatch."""
+    """(positions of the float leaves in yours' flattened result, those of the integer
+    leaves (-1 where yours returned None or float0), notes), or Mismatch."""
     n = len(expected)
 
     def mismatch(why):
@@ -296,12 +319,13 @@ def match(layout: Layout, raw: Any, expected: tuple, names: tuple, what: str) ->
     if not isinstance(entries, (tuple, list)) or len(entries) != n:
         count = len(entries) if isinstance(entries, (tuple, list)) else "a single value"
         mismatch(f"{count} entries for {n} primals")
-    positions, notes, offset = [], [], 0
+    positions, int_positions, notes, offset = [], [], [], 0
     for i, (entry, exp) in enumerate(zip(entries, expected, strict=True)):
         e_leaves, e_def = jax.tree_util.tree_flatten(entry, is_leaf=is_none)
         x_leaves, x_def = jax.tree_util.tree_flatten(exp, is_leaf=is_none)
         if entry is None:
             positions += [-1] * sum(x is not None for x in x_leaves)
+            int_positions += [-1] * sum(x is None for x in x_leaves)
             if any(x is not None for x in x_leaves):
                 notes.append(f"{what} returned None for {names[i]}: taken as zeros")
             offset += 1
@@ -310,6 +334,8 @@ def match(layout: Layout, raw: Any, expected: tuple, names: tuple, what: str) ->
             mismatch(f"the structure of {names[i]}'s entry differs")
         for j, (got, want) in enumerate(zip(e_leaves, x_leaves, strict=True)):
             if want is None:
+                returned = got is not None and jnp.result_type(got) != jax.dtypes.float0
+                int_positions.append(offset + j if returned else -1)
                 continue
             if got is None or jnp.result_type(got) == jax.dtypes.float0:
                 positions.append(-1)
@@ -321,4 +347,4 @@ def match(layout: Layout, raw: Any, expected: tuple, names: tuple, what: str) ->
             else:
                 positions.append(offset + j)
         offset += len(e_leaves)
-    return tuple(positions), notes
+    return tuple(positions), tuple(int_positions), notes

@@ -33,7 +33,8 @@ from reference import finite_diff as fdiff
 from suite import compare as cmp
 from suite.check.kinds import GRAD, HESSIAN
 from suite.check.options import Options
-from suite.check.runs import Check, as_f64, cached, float64_inputs
+from suite.check.recast import cached, retyped
+from suite.check.runs import Check, as_f64, float64_inputs
 
 __all__ = ["Probes", "probe_plan", "fd_run", "probe_estimate", "polarized"]
 
@@ -166,6 +167,7 @@ def _second_order_dirs(check, yours, refs, p):
 
 def fd_run(check: Check, yours: tuple, refs: tuple) -> Probes:
     """The float64 finite differences: witness direction(s) and element probes."""
+    fun = retyped(check.fun, check.layout, "float64")  # traced in the primals' own scope
     with jax.enable_x64(True):
         floats64, ints, lin64 = float64_inputs(check)
         x64_flat = np.concatenate([as_f64(a).ravel() for a in floats64])
@@ -198,7 +200,7 @@ def fd_run(check: Check, yours: tuple, refs: tuple) -> Probes:
             if check.kind is HESSIAN:  # the witness direction actually taken
                 witness = (dense[0], None)
             probes = Probes(h_dir=h, witness=witness, elements=elements, vnorm=vn)
-        program = _fd_program(check.kind, check.fun, check.layout.shapes_only())
+        program = _fd_program(check.kind, fun, check.layout.shapes_only())
         args = (floats64, ints, lin64, jnp.asarray(dense), jnp.asarray(coef), jnp.asarray(idx),
                 jnp.asarray(steps))
         points = len(coef) * len(fdiff.OFFSETS) * x64_flat.size

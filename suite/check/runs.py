@@ -38,9 +38,10 @@ from reference import finite_diff as fdiff
 from suite import compare as cmp
 from suite.check.kinds import Kind
 from suite.check.options import Layout, Options, native_scope, split
+from suite.check.recast import cached, retype, retyped
 
 __all__ = ["Check", "NativeRuns", "FastRun", "locate", "native_runs", "truth_run",
-           "fast_run", "float64_inputs", "cached", "as_f64", "first_line", "PERTURB_ULPS"]
+           "fast_run", "float64_inputs", "yours_float64", "as_f64", "first_line", "PERTURB_ULPS"]
 
 PERTURB_ULPS = 2.0  # the input perturbation that re-rolls rounding (see judge.widen)
 
@@ -90,6 +91,7 @@ class NativeRuns:
     batched: tuple | None = None     # yours under vmap over both linear arguments
     batched_error: Exception | None = None
     shadow: tuple | None = None      # float64 checks: autodiff on the inputs rounded to float32
+    integers: tuple = ()             # what yours returned at integer primals (if anything)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,19 +101,6 @@ class FastRun:
     yours: float
     autodiff: float
     norm: float
-
-
-def cached(factory: Callable) -> Callable:
-    """lru_cache that falls back to no caching for unhashable arguments."""
-    memo = functools.lru_cache(maxsize=64)(factory)
-
-    @functools.wraps(factory)
-    def get(*args):
-        try:
-            return memo(*args)
-        except TypeError:
-            return factory(*args)
-    return get
 
 
 def as_f64(x: Any) -> np.ndarray:
@@ -134,7 +123,8 @@ def _yours_batched(kind, deriv, layout, floats, ints, lin, batch, batched):
     """Yours (and, if ``batched``, yours under vmap over a stack of linear arguments)."""
     def yours(lin_):
         return _yours_flat(kind, deriv, layout, floats, ints, lin_)
-    out = {"yours": yours(lin)}
+    raw = kind.call(deriv, layout.assemble(floats, ints), lin)
+    out = {"yours": kind.read(layout, raw), "integers": layout.pick_ints(raw)}
     if batched:
         out["batched"] = jax.vmap(yours)(batch)
     return out
@@ -204,7 +194,7 @@ def locate(check: Check) -> Check:
 
 
 def _run_yours(check, floats, ints, lin, batch=None):
-    """Yours in the check's dtype: (result, batched result, the batched run's exception).
+    """Yours in the check's dtype: (its outputs, the batched run's exception).
 
     Falls back to eager (op-by-op) execution when yours cannot be traced; an exception
     under vmap only is returned (the batched check's ERROR).
@@ -214,19 +204,17 @@ def _run_yours(check, floats, ints, lin, batch=None):
     scope = jax.disable_jit() if check.eager else contextlib.nullcontext()
     if batch is None:
         with scope:
-            return _host(call(floats, ints, lin, None, batched=False)["yours"]), None, None
+            return _host(call(floats, ints, lin, None, batched=False)), None
     try:
         with scope:
-            out = _host(call(floats, ints, lin, batch, batched=True))
-        return out["yours"], out["batched"], None
+            return _host(call(floats, ints, lin, batch, batched=True)), None
     except Exception as err:
         with scope:
-            out = _host(call(floats, ints, lin, None, batched=False))
-        return out["yours"], None, err
+            return _host(call(floats, ints, lin, None, batched=False)), err
 
 
-def _run_autodiff(check, floats, ints, lin):
-    program = _autodiff_program(check.kind, check.fun, check.layout.shapes_only())
+def _run_autodiff(check, floats, ints, lin, fun=None):
+    program = _autodiff_program(check.kind, fun or check.fun, check.layout.shapes_only())
     return _host(program(floats, ints, lin))
 
 
@@ -261,16 +249,17 @@ def native_runs(check: Check) -> NativeRuns:
         batch = None
         if linear and opts.batched and not check.eager:
             batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), lin, lin2)
-        yours, batched, batched_error = _run_yours(check, floats, ints, lin, batch)
-        runs = NativeRuns(yours=yours, autodiff=_run_autodiff(check, floats, ints, lin),
-                          perturbed=[], batched=batched, batched_error=batched_error)
+        out, batched_error = _run_yours(check, floats, ints, lin, batch)
+        runs = NativeRuns(yours=out["yours"], autodiff=_run_autodiff(check, floats, ints, lin),
+                          perturbed=[], batched=out.get("batched"), batched_error=batched_error,
+                          integers=out["integers"])
         if opts.determinism:
-            runs.again = _run_yours(check, floats, ints, lin)[0]
+            runs.again = _run_yours(check, floats, ints, lin)[0]["yours"]
         if linear and opts.zero:
             zeros = jax.tree_util.tree_map(jnp.zeros_like, lin)
-            runs.zero = _run_yours(check, floats, ints, zeros)[0]
+            runs.zero = _run_yours(check, floats, ints, zeros)[0]["yours"]
         if batch is not None and batched_error is None:
-            runs.second = _run_yours(check, floats, ints, lin2)[0]
+            runs.second = _run_yours(check, floats, ints, lin2)[0]["yours"]
         # autodiff on inputs moved by ±2 ulps: how much it amplifies its own rounding
         for sign in (1.0, -1.0):
             pf, plin = _perturbed(check, floats, lin, sign)
@@ -280,7 +269,8 @@ def native_runs(check: Check) -> NativeRuns:
                 return jnp.asarray(np.asarray(x).astype(np.float32))
             runs.shadow = _run_autodiff(
                 check, tuple(narrow(f) for f in floats), ints,
-                None if lin is None else jax.tree_util.tree_map(narrow, lin))
+                None if lin is None else jax.tree_util.tree_map(narrow, lin),
+                retyped(check.fun, check.layout, "float32"))
     return runs
 
 
@@ -296,8 +286,9 @@ def float64_inputs(check: Check) -> tuple:
 
 def truth_run(check: Check) -> tuple:
     """Autodiff on the inputs widened to float64: the truth a low-precision check is held to."""
+    fun = retyped(check.fun, check.layout, "float64")
     with jax.enable_x64(True):
-        return _run_autodiff(check, *float64_inputs(check))
+        return _run_autodiff(check, *float64_inputs(check), fun)
 
 
 def fast_run(check: Check) -> FastRun:
@@ -310,3 +301,29 @@ def fast_run(check: Check) -> FastRun:
         with scope:
             a, b, n = (float(t) for t in fast(floats, ints, lin, vdir))
     return FastRun(a, b, n)
+
+
+@cached
+def _yours64_program(kind, deriv, layout, lin_def, lin_specs):
+    """Yours traced at the check's own dtypes, compiled to run with every float in float64."""
+    float_specs = tuple(jax.ShapeDtypeStruct(lf.shape, lf.dtype) for lf in layout.floats)
+    int_specs = tuple(jax.ShapeDtypeStruct(lf.shape, lf.dtype) for lf in layout.leaves
+                      if not lf.is_float)
+    lin_spec = jax.tree_util.tree_unflatten(
+        lin_def, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in lin_specs])
+
+    def native(floats, ints, lin):
+        return _yours_flat(kind, deriv, layout, floats, ints, lin)
+    with native_scope(layout):
+        program = retype(native, (float_specs, int_specs, lin_spec), "float64")
+    return jax.jit(program)
+
+
+def yours_float64(check: Check) -> tuple:
+    """Yours on the inputs widened to float64, its program retyped (every float it holds
+    in float64): its derivation without the check dtype's rounding."""
+    lin_leaves, lin_def = jax.tree_util.tree_flatten(check.lin)
+    lin_specs = tuple((tuple(np.shape(c)), np.asarray(c).dtype.name) for c in lin_leaves)
+    program = _yours64_program(check.kind, check.deriv, check.layout, lin_def, lin_specs)
+    with jax.enable_x64(True):
+        return _host(program(*float64_inputs(check)))

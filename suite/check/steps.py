@@ -71,6 +71,7 @@ from suite.check.options import (
     require_seed,
     split,
 )
+from suite.check.recast import cached
 from suite.check.recording import recorded
 from suite.check.result import CheckResult, StepResult
 from suite.results import Status
@@ -176,7 +177,7 @@ def _true_adjoints(fun, layout, names, floats, ints, ct, zs):
     return jax.vjp(f, tuple(floats), tuple(zs))[1](ct)
 
 
-@runs.cached
+@cached
 def _adjoint_program(fun, shape_layout, names):
     return jax.jit(functools.partial(_true_adjoints, fun, shape_layout, names))
 
