@@ -122,10 +122,10 @@ def _discover(check, ct):
     layout = check.layout
     with native_scope(layout):
         floats, ints = split(layout, check.arrays)
-        with session("discover") as fwd:
+        with session("discover") as fwd, jax.disable_jit():
             eager = _traced(lambda *fl: check.fun(*layout.assemble(fl, ints)), False, *floats)
         lin = jax.tree_util.tree_map(jnp.asarray, ct)
-        with session("record") as bwd:
+        with session("record") as bwd, jax.disable_jit():
             eager = _traced(lambda fl, c: check.deriv(*layout.assemble(fl, ints), c), eager,
                             floats, lin)
     return fwd.marks, bwd.calls, eager
@@ -166,7 +166,9 @@ def _looped(jaxpr, tracked: dict) -> set:
 
 
 def _forward_with_zeros(fun, layout, names, floats, ints, zs):
-    with session("zeros", zeros=dict(zip(names, zs, strict=True))):
+    # the user's own jax.jit is bypassed: a jitted fun traced before (without a session)
+    # would otherwise replay its cached program, marks and all skipped
+    with session("zeros", zeros=dict(zip(names, zs, strict=True))), jax.disable_jit():
         return fun(*layout.assemble(floats, ints))
 
 
@@ -191,10 +193,10 @@ def _zeros(marks, names, floats):
 def _backward_runs(backward, layout, names, counts, holder, floats, ints, ct, truths):
     """The backward as it is, and again with every adjoint call returning the truth."""
     primals = layout.assemble(floats, ints)
-    with session("record") as plain:
+    with session("record") as plain, jax.disable_jit():  # the user's jax.jit bypassed
         raw = backward(*primals, ct)
     with session("substitute", truths=dict(zip(names, truths, strict=True)),
-                 counts=dict(counts)) as sub:
+                 counts=dict(counts)) as sub, jax.disable_jit():
         raw_sub = backward(*primals, ct)
     holder["plain"] = [(c.name, c.line) for c in plain.calls]
     holder["sub"] = [(c.name, c.line) for c in sub.calls]
@@ -384,7 +386,10 @@ def check_steps(fun: Callable, backward: Callable, *primals: Any, cotangent: Any
         for info in marks.values():
             if info.count > 1:
                 raise StepsError(f"check_steps: mark({info.name!r}) at {info.line} was "
-                                 f"called {info.count} times in one forward; give each value "
+                                 f"called {info.count} times in one forward: a mark inside a "
+                                 "traced loop (lax.scan, lax.fori_loop, lax.while_loop, "
+                                 "lax.map) or a Python loop has no single adjoint; mark the "
+                                 "stacked per-step values after the loop, or give each value "
                                  "its own name (a value used twice is marked once)")
     base = check_vjp.__wrapped__(fun, backward, *primals, cotangent=cotangent, seed=seed,
                                  **options)

@@ -47,6 +47,14 @@ def _tiny_backward(x, dy):
     return dh * jnp.cos(x) + dy * h
 
 
+def test_a_jitted_forward_and_backward_traced_before_are_still_judged():
+    fwd, bwd = jax.jit(_tiny_forward), jax.jit(_tiny_backward)
+    x = np.linspace(0.1, 1.0, 4)
+    fwd(x), bwd(x, x)  # cached programs without marks must not be replayed
+    r = check_steps(fwd, bwd, x)
+    assert r.passed and [s.name for s in r.steps] == ["y", "h"]
+
+
 def test_adjoint_without_mark_is_a_value_error_naming_it():
     def backward(x, dy):
         adjoint("nope", dy)
