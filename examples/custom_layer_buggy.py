@@ -14,6 +14,8 @@ The backward pass is the vector-Jacobian product of y = x̂·γ + β, x̂ = (x -
     dγ = Σ_rows dy·x̂,   dβ = Σ_rows dy
 """
 
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -55,3 +57,4 @@ results = [
 if __name__ == "__main__":
     for result in results:
         print(result, end="\n\n")
+    sys.exit(0 if all(result.passed for result in results) else 1)  # 1: a check failed

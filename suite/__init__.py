@@ -13,14 +13,20 @@ set-up (it never changes JAX's global settings)::
 
 from suite.check import (
                          CheckResult,
+                         adjoint,
+                         check_custom_jvp,
                          check_custom_vjp,
                          check_grad,
                          check_hessian,
                          check_hvp,
+                         check_jvp,
+                         check_steps,
                          check_vjp,
+                         mark,
 )
 from suite.config import configure
 from suite.version import __version__
 
 __all__ = ["__version__", "configure", "check_vjp", "check_custom_vjp", "check_grad",
-           "check_hessian", "check_hvp", "CheckResult"]
+           "check_hessian", "check_hvp", "CheckResult", "mark", "adjoint", "check_steps",
+           "check_jvp", "check_custom_jvp"]

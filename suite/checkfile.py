@@ -26,19 +26,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 
 from suite.cases import Case
 from suite.check import CheckResult
-from suite.check.engine import RECORDERS
+from suite.check.recording import recording
 from suite.results import Results, Row, Status
 from suite.run import environment, run_case
 
@@ -55,17 +54,6 @@ class Collected:
     cases: list = dataclasses.field(default_factory=list)
     error: str = ""
     traceback: str = ""
-
-
-@contextlib.contextmanager
-def recording() -> Iterator[list]:
-    """Collect every CheckResult the checker returns inside this block (nestable)."""
-    sink: list = []
-    RECORDERS.append(sink)
-    try:
-        yield sink
-    finally:
-        RECORDERS.remove(sink)
 
 
 def _cases_in(namespace: dict) -> list:

@@ -36,9 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["REL_FLOOR", "Tolerance", "TOLERANCES", "AMPLIFICATION_SAFETY", "FD_TOLERANCE",
-           "FD_SAFETY", "tolerance", "unit_roundoff", "amplification", "widening", "LeafReport",
-           "Comparison", "band", "compare_leaf", "compare", "witness"]
+__all__ = ["REL_FLOOR", "Tolerance", "TOLERANCES", "AMPLIFICATION_SAFETY",
+           "AMPLIFICATION_MARGIN", "FD_TOLERANCE",
+           "FD_SAFETY", "TRUTH_RATIO", "truth_ratio", "tolerance", "unit_roundoff",
+           "amplification", "widening", "LeafReport",
+           "Comparison", "band", "compare_leaf", "compare", "witness", "witness_judge"]
 
 # Entries smaller than this fraction of the leaf's largest magnitude have their relative
 # error measured against that fraction instead (it keeps max rel error informative).
@@ -106,6 +108,27 @@ TOLERANCES = {
 # (a fused formula, a different reduction order) without admitting a wrong formula.
 AMPLIFICATION_SAFETY = 10.0
 
+# The checker's amplification α is measured (autodiff against the float64 truth) in float32
+# and below, but only estimated in float64: from one re-roll of the rounding (inputs moved
+# by 2 ulps) and from the float32 shadow. An estimate from one draw can fall short of the
+# worst case: on saturated float64 attention (logits up to ~450) the estimate gave 1.7e3 u
+# while two correct implementations differ by 2.3e4 u, 13.7 α, beyond the safety factor
+# alone. The estimates are therefore multiplied by this margin before the safety factor:
+# 4 x 10 = 40 α, 2.9x above that case; a float64 bug (1e-6 relative and up) stays orders
+# above 40 α·u for any α the cap admits.
+AMPLIFICATION_MARGIN = 4.0
+
+# The checker's float32-and-below rule: the code under test may be at most this many
+# times further from the float64 truth than autodiff in the same dtype is (autodiff's
+# distance floored at u, so a nearly exact autodiff does not ask yours for less than one
+# rounding). Measured by scripts/checker_truth_ratio.py over the checker's corpus in
+# float32 (10 seeds): correct layers reach a ratio of 5.3 at most (a GRU step, whose
+# hand-written backward sums in another order), the planted bugs that only the truth
+# sees come in at 22 at least (a tanh-GELU backward with 0.0447 for 0.044715: 22-57; a
+# layer norm's dγ 0.2 % off: 1.3e4 and up). 10 sits between them with a factor ~2 on
+# each side.
+TRUTH_RATIO = 10.0
+
 # Finite-difference witness (float64 only; see reference/finite_diff.py): the
 # Richardson-extrapolated first difference is good to ~eps^(4/5) ≈ 3e-13 and the second
 # to ~eps^(2/3) ≈ 4e-11 relative to the derivative's scale, before the O(h^4)
@@ -115,7 +138,7 @@ AMPLIFICATION_SAFETY = 10.0
 FD_TOLERANCE = {1: 1e-9, 2: 1e-6}
 
 # With an error estimate of its own (reference.finite_diff.richardson), the witness
-# fails only beyond this many times that estimate (or beyond FD_TOLERANCE, if larger):
+# fails only beyond this many times that estimate plus FD_TOLERANCE (``witness_judge``):
 # the estimate is already a bound (spread plus rounding), the factor covers its own
 # uncertainty (the spread of two extrapolations can cancel by chance).
 FD_SAFETY = 4.0
@@ -151,6 +174,12 @@ def amplification(low, high, dtype):
     if norm_b == 0.0:
         return 0.0 if not np.any(a) else math.inf
     return float(np.linalg.norm(a - b)) / norm_b / unit_roundoff(dtype)
+
+
+def truth_ratio(yours_error, autodiff_error, dtype):
+    """How many times further from the float64 truth yours is than autodiff (both
+    normwise; autodiff's distance floored at u of ``dtype``); judged against TRUTH_RATIO."""
+    return float(yours_error) / max(float(autodiff_error), unit_roundoff(dtype))
 
 
 def widening(dtype, alpha):
@@ -272,8 +301,8 @@ def witness(fd_value, derivative, direction, order, fd_error=0.0):
       direction: v, a pytree of unit 2-norm.
       order: 1 or 2.
       fd_error: the witness's own error estimate (``directional_derivative(...,
-        with_error=True)``); it fails only beyond FD_SAFETY times it (0: the fixed
-        FD_TOLERANCE alone, as for the registry's cases).
+        with_error=True)``); it fails only beyond FD_SAFETY times it plus FD_TOLERANCE
+        (0: the fixed FD_TOLERANCE alone, as for the registry's cases).
 
     Returns:
       (error, passed): |fd - <g, v>| / ||g|| (order 1), or |fd - vᵀ H v| / ||H||_F
@@ -287,9 +316,24 @@ def witness(fd_value, derivative, direction, order, fd_error=0.0):
                             for leaf in jax.tree_util.tree_leaves(direction)])
         hess = np.asarray(derivative, np.float64)
         projection, scale = float(v @ hess @ v), float(np.linalg.norm(hess))
-    scale = max(scale, np.finfo(np.float64).tiny)
-    error = abs(fd_value - projection) / scale
-    return error, error <= max(FD_TOLERANCE[order], FD_SAFETY * fd_error / scale)
+    error, _, passed = witness_judge(fd_value, projection, scale, order, fd_error)
+    return error, passed
+
+
+def witness_judge(fd_value, projection, scale, order, fd_error=0.0, slack=0.0):
+    """The one judge of a finite-difference witness (the registry's and the checker's).
+
+    |fd - projection| may be at most FD_TOLERANCE[order]·scale + FD_SAFETY·fd_error +
+    ``slack`` (the checker's share of its widened tolerance; 0 for the registry).
+
+    Returns:
+      (error, tolerance, passed): error = |fd - projection| / scale, the column
+      ``fd_error`` of results.csv for every row; tolerance on the same scale.
+    """
+    scale = max(float(scale), np.finfo(np.float64).tiny)
+    bound = FD_TOLERANCE[order] * scale + FD_SAFETY * float(fd_error) + float(slack)
+    miss = abs(float(fd_value) - float(projection))
+    return miss / scale, bound / scale, miss <= bound
 
 
 def witness_coordinate(fd_value, diagonal, index, fd_error=0.0):

@@ -160,7 +160,8 @@ def _plot_family(df: pd.DataFrame, family: Family, path: str) -> str:
     fig, axes = plots.figure(
         1, 2 if timed else 1, width=12 if timed else 8, height=max(3.0, 0.22 * len(names) + 1.6),
         title=f"{family.name}: {family.title}\nnormwise error against the reference "
-              "(dashed: the dtype's tolerance)" + (" and run-time ratio" if timed else ""))
+              "(dashed: the dtype's tolerance; |: the row's own judged tolerance)"
+              + (" and run-time ratio" if timed else ""))
     ax_err, ax_ratio = (axes if timed else (axes, None))
     y = np.arange(len(names))
     for k, dtype in enumerate(sorted(df["dtype"].unique())):
@@ -168,6 +169,9 @@ def _plot_family(df: pd.DataFrame, family: Family, path: str) -> str:
         err = g["normwise"].astype(float).clip(lower=1e-18)
         ax_err.scatter(err, y + 0.15 * (k - 0.5), s=14, label=dtype, color=f"C{k}")
         ax_err.axvline(cmp.tolerance(dtype).normwise, ls="--", lw=0.8, color=f"C{k}")
+        if "tol_normwise" in g:  # a checker row is judged by its own widened tolerance
+            ax_err.scatter(g["tol_normwise"].astype(float), y + 0.15 * (k - 0.5), s=30,
+                           marker="|", color=f"C{k}")
         if timed:
             ax_ratio.barh(y + 0.4 * (k - 0.5), g["ratio"].astype(float), height=0.4,
                           label=dtype, color=f"C{k}")

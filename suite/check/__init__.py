@@ -2,9 +2,15 @@
 
 ``check_vjp``, ``check_custom_vjp``, ``check_grad``, ``check_hessian`` and ``check_hvp``
 judge the derivative under test ("yours") against JAX's autodiff of the same function
-and float64 finite differences, and return a ``CheckResult`` (see engine.py for the
+and float64 finite differences, and return a ``CheckResult`` (see judge.py for the
 policy, result.py for the report). They need no set-up and change no global JAX
-setting; ``from suite import check_vjp`` works too.
+setting; ``from suite import check_vjp`` works too. ``recording()`` collects every
+result returned inside a block.
+
+The package holds one concept per module: api (the entry points), options (the options
+and the primals), kinds (vjp, grad, hessian, hvp and their behaviour), runs (the
+compiled runs, typed records), probes (float64 finite differences), judge (the verdicts,
+host-side numpy), extra (batched, determinism, zero, dtype), recording, result.
 
 ``check_backward`` is the old name, kept as a thin alias of ``check_vjp`` with the earlier
 signature (primals as a dict of name -> array); it returns the same CheckResult.
@@ -23,19 +29,19 @@ Example::
 
 from typing import Any, Callable
 
-from suite.check.engine import (
-    OPTIONS,
-    check_custom_vjp,
-    check_grad,
-    check_hessian,
-    check_hvp,
-    check_vjp,
-)
+from suite.check.api import check_custom_vjp, check_grad, check_hessian, check_hvp, check_vjp
+from suite.check.jvp import check_custom_jvp, check_jvp
+from suite.check.marks import adjoint, mark
+from suite.check.options import OPTIONS
+from suite.check.recording import recording
 from suite.check.result import CheckOutcome, CheckResult, Kink, TensorResult, Witness
+from suite.check.stepresult import AuditRow, StepResult
+from suite.check.steps import check_steps
 
 __all__ = ["check_vjp", "check_custom_vjp", "check_grad", "check_hessian", "check_hvp",
            "check_backward", "CheckResult", "TensorResult", "Kink", "CheckOutcome", "Witness",
-           "OPTIONS"]
+           "OPTIONS", "recording", "mark", "adjoint", "check_steps", "StepResult", "AuditRow",
+           "check_jvp", "check_custom_jvp"]
 
 
 def check_backward(forward: Callable, backward: Callable, primals: dict, dy: Any = None, *,

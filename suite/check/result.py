@@ -21,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from suite.check.stepresult import AuditRow, StepResult, audit_lines, step_lines
 from suite.results import Row, Status
 
-__all__ = ["Kink", "TensorResult", "CheckOutcome", "Witness", "CheckResult"]
+__all__ = ["Kink", "TensorResult", "CheckOutcome", "Witness", "CheckResult", "StepResult",
+           "AuditRow"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,8 @@ class TensorResult:
         difference in float64, ± ``fd_error``; None when not probed).
       truth_yours, truth_autodiff: for float32/float16/bfloat16 checks, the normwise
         errors of each against autodiff in float64 on the same inputs widened.
+      derivation_float64: for those checks, the normwise error of yours run in float64
+        (every float its program holds recast) against that truth: the derivation alone.
       resolved: False when the dtype cannot resolve this tensor (autodiff itself is
         further from the float64 truth than the widest tolerance); it is then not judged.
     """
@@ -81,6 +85,7 @@ class TensorResult:
     fd_error: float | None = None
     truth_yours: float | None = None
     truth_autodiff: float | None = None
+    derivation_float64: float | None = None
     resolved: bool = True
     kinks: list = dataclasses.field(default_factory=list)
     message: str = ""
@@ -110,6 +115,7 @@ class Witness:
     autodiff: float
     tolerance: float
     verdict: str
+    scale: float = math.nan  # ||autodiff||, the derivative's norm (compare.witness's scale)
 
 
 def _g(x, spec=".8g"):
@@ -151,8 +157,10 @@ def _tensor_lines(t: TensorResult, is_low: bool) -> list[str]:
         lines.append(f"        worst element {_index(t.name, t.worst_index)}: yours {_g(t.yours)}, "
                      f"autodiff {_g(t.autodiff)}{f64}, {fd}")
     if is_low and t.truth_yours is not None:
+        run64 = ("" if t.derivation_float64 is None
+                 else f"; yours run in float64 {_e(t.derivation_float64)}")
         lines.append(f"        against the float64 truth: yours {_e(t.truth_yours)}, "
-                     f"autodiff {_e(t.truth_autodiff)}")
+                     f"autodiff {_e(t.truth_autodiff)}{run64}")
     for k in t.kinks:
         said = {"left": "matched the left-sided slope", "right": "matched the right-sided slope",
                 "between": "lies between the two slopes",
@@ -186,10 +194,20 @@ class CheckResult:
     message: str = ""
     seconds: float = math.nan
     traceback: str = dataclasses.field(default="", repr=False)
+    steps: list = dataclasses.field(default_factory=list)       # StepResult (check_steps)
+    not_judged: list = dataclasses.field(default_factory=list)  # marks with no adjoint
+    after_steps: str = ""                                       # an error after the last step
+    audit: list = dataclasses.field(default_factory=list)       # AuditRow (audit=True)
+    audit_note: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status is Status.PASS
+
+    @property
+    def first_wrong(self) -> StepResult | None:
+        """check_steps: the first step whose error is its own (not inherited), or None."""
+        return next((s for s in self.steps if s.wrong and not s.inherited), None)
 
     def assert_passed(self) -> CheckResult:
         """Raise AssertionError(str(self)) unless the status is PASS; return self."""
@@ -218,18 +236,21 @@ class CheckResult:
                  f"{self.dtype}{mode}, {summary}"]
         if self.message:
             lines += ["  " + line for line in self.message.splitlines()]
+        lines += step_lines(self.steps, self.not_judged, self.after_steps)
+        if self.steps or self.not_judged:
+            lines.append("  the primals' cotangents (as check_vjp judges them):")
         for t in self.tensors:
             lines += _tensor_lines(t, is_low)
         if self.checks:
             lines.append("  checks: " + " · ".join(f"{c.name} {c.status.value}"
                                                    for c in self.checks))
-            lines += [f"    {c.name}: {c.detail}" for c in self.checks
-                      if c.status is not Status.PASS]
+            lines += [f"    {c.name}: {c.detail}" for c in self.checks if c.detail]
         if self.witness is not None:
             w = self.witness
             lines.append(f"  finite-difference witness along a random direction v: {w.verdict} "
                          f"(finite differences {_g(w.value)} ± {w.error:.1e}, yours "
                          f"{_g(w.yours)}, autodiff {_g(w.autodiff)}, tolerance {w.tolerance:.1e})")
+        lines += audit_lines(self.audit, self.audit_note)
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -244,11 +265,22 @@ class CheckResult:
             for f in ("normwise", "tolerance", "widening", "amplification", "max_abs", "max_rel",
                       "frac_outside", "worst_index", "yours", "autodiff", "autodiff_float64",
                       "finite_differences", "fd_error", "truth_yours", "truth_autodiff",
-                      "resolved"):
+                      "derivation_float64", "resolved"):
                 row[f] = getattr(t, f)
             row["kinks"] = len(t.kinks)
             row["message"] = t.message
             rows.append(row)
+        for s in self.steps:
+            rows.append({"function": self.function, "check": self.name,
+                         "tensor": f"step {s.name}", "shape": s.shape, "dtype": self.dtype,
+                         "status": s.status.value, "normwise": s.normwise,
+                         "tolerance": s.tolerance, "line": s.line, "own": s.own,
+                         "inherited": s.inherited, "diagnosis": s.diagnosis,
+                         "message": s.message})
+        for a in self.audit:
+            rows.append({"function": self.function, "check": self.name,
+                         "tensor": f"audit {a.transform}", "dtype": self.dtype,
+                         "status": a.verdict, "message": a.detail})
         return pd.DataFrame(rows)
 
     def to_row(self, case: str | None = None, family: str = "check") -> Row:
@@ -263,16 +295,19 @@ class CheckResult:
             row.worst_index = None if worst.worst_index is None else str(worst.worst_index)
             row.worst_manual, row.worst_reference = worst.yours, worst.autodiff
             row.truth_manual, row.truth_reference = worst.truth_yours, worst.truth_autodiff
-        if self.witness is not None:
-            scale = max(abs(self.witness.autodiff), 1e-300)
-            row.fd_error = abs(self.witness.value - self.witness.yours) / scale
+        if self.witness is not None:  # compare.witness's meaning: |fd - <g, v>| / ||g||
+            w = self.witness
+            scale = w.scale if math.isfinite(w.scale) and w.scale > 0 else abs(w.autodiff)
+            row.fd_error = abs(w.value - w.yours) / max(scale, 1e-300)
         return row
 
     def summary(self) -> str:
         """One line: what failed and where (empty for a clean PASS)."""
         parts = [self.message.splitlines()[0]] if self.message else []
         for t in self.tensors:
-            if t.status is Status.FAIL:
+            if t.status is Status.FAIL and t.message.startswith(f"{t.name}: against the float64"):
+                parts.append(t.message)
+            elif t.status is Status.FAIL:
                 at = _index(t.name, t.worst_index)
                 parts.append(f"{t.name}: normwise {_e(t.normwise)} (tol {_e(t.tolerance)}), "
                              f"worst {at}: yours {_g(t.yours)} vs autodiff {_g(t.autodiff)}")
@@ -281,4 +316,10 @@ class CheckResult:
         parts += [f"{c.name}: {c.detail}" for c in self.checks if c.status is not Status.PASS]
         if self.witness is not None and self.witness.verdict == "disagrees":
             parts.append("finite-difference witness disagrees with yours")
+        first = self.first_wrong
+        if first is not None:
+            said = f" ({first.diagnosis})" if first.diagnosis else ""
+            parts.insert(0, f"first wrong step {first.name} at {first.line}{said}")
+        parts += [f"audit {a.transform}: WRONG {a.detail}" for a in self.audit
+                  if a.verdict == "WRONG"]
         return "; ".join(parts)

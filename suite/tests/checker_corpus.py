@@ -348,6 +348,53 @@ def two_inputs(rng, dtype):
     return _cast(dtype, rng.standard_normal((4, 3)), rng.standard_normal((3, 5)))
 
 
+# --- tanh-GELU, and two bugs only a float64 truth sees in float32 ---------------------------
+
+GELU_C = 0.044715
+GELU_A = 0.7978845608028654  # sqrt(2 / pi), a Python float: weak, it keeps x's dtype
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + jnp.tanh(GELU_A * (x + GELU_C * x ** 3)))
+
+
+def _gelu_vjp(x, dy, c):
+    t = jnp.tanh(GELU_A * (x + c * x ** 3))
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_A * (1.0 + 3.0 * c * x * x))
+
+
+def gelu_vjp(x, dy):
+    return _gelu_vjp(x, dy, GELU_C)
+
+
+def gelu_vjp_rounded_constant(x, dy):  # BUG: 0.0447 for 0.044715 in the backward only
+    return _gelu_vjp(x, dy, 0.0447)
+
+
+def gelu_inputs(rng, dtype):
+    return _cast(dtype, 2.0 * rng.standard_normal((8, 16)))
+
+
+def layer_norm_vjp_dgamma_off(x, params, dy):  # BUG: dγ 0.2 % too large
+    dx, dp = layer_norm_vjp(x, params, dy)
+    return dx, {"gamma": 1.002 * dp["gamma"], "beta": dp["beta"]}
+
+
+def offset_rows(rng, dtype):
+    # rows 300 + 0.1·N(0,1): x - mean cancels ~3.5 digits; in float32 autodiff's dγ is
+    # ~2.5e-4 off the float64 truth and the widened tolerance ~3e-3 admits a 0.2 % slip
+    return ln_inputs(rng, dtype, offset=300.0)
+
+
+def logits_450_inputs(rng, dtype):
+    # q scaled (one factor) so that the largest logit |q·k|/√d is 450: rows whose top two
+    # logits are close keep a soft softmax, so ds is O(1) where the logits' own rounding,
+    # 450·u absolute, is amplified by e^s; the derivative is ill-conditioned by ~1e3-1e4 u
+    q, k, v = attention_inputs(rng, np.float64)
+    logits = q @ k.T / np.sqrt(q.shape[-1])
+    return _cast(dtype, q * (450.0 / np.max(np.abs(logits))), k, v)
+
+
 CORRECT = (
     Entry("layer_norm", layer_norm, layer_norm_vjp, ln_inputs),
     Entry("attention", attention, attention_vjp, attention_inputs),
@@ -357,14 +404,17 @@ CORRECT = (
     Entry("logsumexp", logsumexp, logsumexp_vjp, lse_inputs),
     Entry("two_outputs", two_outputs, two_outputs_vjp, two_inputs),
     Entry("cross_entropy", cross_entropy, cross_entropy_vjp, ce_inputs),
-    Entry("dense", dense, dense_vjp, dense_inputs),
+    Entry("gelu", gelu, gelu_vjp, gelu_inputs),
+    Entry("dense", dense, dense_vjp, dense_inputs),  # last: test_checker's half precision
 )
 
 ILL = (
     Entry("saturated_attention", attention, attention_vjp, saturated_inputs),
     Entry("near_constant_layer_norm", layer_norm, layer_norm_vjp, near_constant_rows),
+    Entry("offset_layer_norm", layer_norm, layer_norm_vjp, offset_rows),
     Entry("exp10", exp10, exp10_vjp, exp10_inputs),
     Entry("large_logits", cross_entropy, cross_entropy_vjp, large_logits),
+    Entry("logits_450_attention", attention, attention_vjp, logits_450_inputs),
 )
 
 BUGGY = (
@@ -377,6 +427,9 @@ BUGGY = (
     Entry("wrong_reduction_axis", batch_norm, batch_norm_vjp_wrong_axis, bn_inputs, wrong="x"),
     Entry("missing_chain_factor", exp10, exp10_vjp_no_chain, exp10_inputs, wrong="x"),
     Entry("missing_scale_in_dq", attention, attention_vjp_no_scale, attention_inputs, wrong="q"),
+    Entry("gelu_rounded_constant", gelu, gelu_vjp_rounded_constant, gelu_inputs, wrong="x"),
+    Entry("dgamma_0.2%", layer_norm, layer_norm_vjp_dgamma_off, offset_rows,
+          wrong="params['gamma']"),
 )
 
 

@@ -7,6 +7,7 @@ ordinary user code, and the CLI's check does not switch JAX to the suite's setti
 import json
 import os
 import pathlib
+import runpy
 import textwrap
 
 import jax
@@ -86,3 +87,9 @@ def test_usage_errors_exit_2(capsys, tmp_path, content, why):
         path.write_text(content)
     code, out = _run(capsys, path if content is not None else os.fspath(path) + ".missing")
     assert code == 2 and why in out.err
+
+
+def test_the_buggy_example_run_as_a_script_exits_1(capsys):
+    with jax.numpy_rank_promotion("allow"), pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(EXAMPLES / "custom_layer_buggy.py"), run_name="__main__")
+    assert stop.value.code == 1, capsys.readouterr().out
