@@ -68,17 +68,25 @@ def _is_float(dtype) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)
 
 
+_COMPLEX = {"float64": np.dtype("complex128"), "float32": np.dtype("complex64")}
+
+
 def _dtype(dtype, target):
-    return np.dtype(target) if _is_float(dtype) else dtype
+    if _is_float(dtype):
+        return np.dtype(target)
+    if jnp.issubdtype(dtype, jnp.complexfloating) and np.dtype(target).name in _COMPLEX:
+        return _COMPLEX[np.dtype(target).name]  # complex values follow their real parts
+    return dtype
 
 
 def _cast(x, target):
     dtype = jnp.result_type(x)
-    if not _is_float(dtype) or np.dtype(dtype) == np.dtype(target):
+    want = _dtype(dtype, target)
+    if np.dtype(want) == np.dtype(dtype):
         return x
     if isinstance(x, jax.core.Tracer):
-        return jax.lax.convert_element_type(x, target)
-    return jnp.asarray(np.asarray(x).astype(target))
+        return jax.lax.convert_element_type(x, want)
+    return jnp.asarray(np.asarray(x).astype(want))
 
 
 def _param(p, target):
@@ -88,8 +96,8 @@ def _param(p, target):
         return _retrace(jcore.ClosedJaxpr(p, ()), target).jaxpr
     if isinstance(p, np.dtype):
         return _dtype(p, target)
-    if isinstance(p, type) and issubclass(p, np.generic) and _is_float(p):
-        return np.dtype(target)
+    if isinstance(p, type) and issubclass(p, np.generic):
+        return _dtype(np.dtype(p), target)
     if isinstance(p, jax.core.ShapedArray):
         return p.update(dtype=_dtype(p.dtype, target))
     if type(p) is tuple:  # a NamedTuple parameter (ConvDimensionNumbers) holds no dtype

@@ -214,3 +214,30 @@ def test_run_to_run_noise_fails_bitwise_and_passes_under_nondet_tol():
     assert 1e-10 < measured < 1e-8 and "<= nondet_tol 1.0e-06" in str(loose)
     with pytest.raises(ValueError, match="nondet_tol must be a non-negative number"):
         check_vjp(jnp.sin, _sin_vjp_with_run_to_run_noise, x, nondet_tol=-1.0)
+
+
+# --- complex primals and outputs, under JAX's convention for complex VJPs -----------------------
+
+@pytest.mark.parametrize("dtype", ["complex64", pytest.param("complex128",
+                                                             marks=pytest.mark.slow)])
+def test_complex_vjps_holomorphic_and_not_pass_and_a_conjugation_bug_fails(dtype):
+    rng = np.random.default_rng(4)
+    z, w, c = ((rng.normal(size=5) + 1j * rng.normal(size=5)).astype(dtype) for _ in range(3))
+    opts = dict(batched=False, cotangent=c)
+
+    def holomorphic(z):
+        return jnp.sin(z) * w
+
+    def not_holomorphic(z):
+        return jnp.conj(z) * w
+    cases = [(holomorphic, lambda z, c: c * jnp.cos(z) * w),  # JAX: c·f'(z)
+             (not_holomorphic, lambda z, c: jnp.conj(c * w))]
+    for fun, vjp in cases:
+        result = check_vjp(fun, vjp, z, **opts)
+        assert result.status == "PASS", str(result)
+        assert any("(real, imaginary) pairs" in n for n in result.notes)
+        bug = check_vjp(fun, lambda z, c, vjp=vjp: jnp.conj(vjp(z, c)), z, **opts)
+        assert bug.status == "FAIL", str(bug)
+    energy = lambda z: jnp.sum(jnp.abs(z) ** 2)  # noqa: E731 (real-valued, not holomorphic)
+    assert check_grad(energy, lambda z: 2 * jnp.conj(z), z, batched=False).status == "PASS"
+    assert check_grad(energy, lambda z: 2 * z, z, batched=False).status == "FAIL"
