@@ -64,6 +64,11 @@ _INLINE = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
            "custom_vjp_call_jaxpr": "fun_jaxpr"}
 
 
+# Bit-level primitives run as traced, their float results cast after: random bits turned
+# into a float32 uniform (jax.random inside the function) keep their meaning.
+_AS_TRACED = {"bitcast_convert_type"}
+
+
 def _is_float(dtype) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)
 
@@ -82,7 +87,7 @@ def _dtype(dtype, target):
 def _cast(x, target):
     dtype = jnp.result_type(x)
     want = _dtype(dtype, target)
-    if np.dtype(want) == np.dtype(dtype):
+    if want == dtype:  # integers, booleans, PRNG keys (extended dtypes) pass as they are
         return x
     if isinstance(x, jax.core.Tracer):
         return jax.lax.convert_element_type(x, want)
@@ -132,6 +137,13 @@ def evaluate(jaxpr: Any, consts: Any, args: Any, target: str) -> list:
                 outs = evaluate(body.jaxpr, body.consts, invals, target)
             else:
                 outs = evaluate(body, (), invals, target)
+        elif eqn.primitive.name in _AS_TRACED:
+            invals = [jax.lax.convert_element_type(x, v.aval.dtype)
+                      if jnp.result_type(x) != v.aval.dtype else x
+                      for x, v in zip(invals, eqn.invars, strict=True)]
+            outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+            outs = [_cast(o, target) for o in (outs if eqn.primitive.multiple_results
+                                                else [outs])]
         else:
             params = {k: _param(v, target) for k, v in eqn.params.items()}
             outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))

@@ -122,6 +122,18 @@ def test_a_module_level_numpy_scalar_is_recast_too(dtype):
 ROOT2 = np.sqrt(2.0)  # a numpy float64 scalar, captured as a global
 
 
+def test_random_bits_inside_the_function_keep_their_meaning_when_recast():
+    key = jax.random.key(0)
+
+    def dropout_like(x):  # jax.random bitcasts uint32 bits to a float32 uniform
+        return x * jax.random.uniform(key, x.shape, x.dtype)
+
+    def vjp(x, g):
+        return g * jax.random.uniform(key, x.shape, x.dtype)
+    x = np.linspace(-1.0, 1.0, 6).astype(np.float32)
+    assert check_vjp(dropout_like, vjp, x, batched=False).status == "PASS"
+
+
 # --- float32: no further from the float64 truth than TRUTH_RATIO x autodiff ------------------
 
 FLOAT32_BUGS = [e for e in corpus.BUGGY if e.name in ("gelu_rounded_constant", "dgamma_0.2%")]
