@@ -122,7 +122,7 @@ AMPLIFICATION_MARGIN = 4.0
 # times further from the float64 truth than autodiff in the same dtype is (autodiff's
 # distance floored at u, so a nearly exact autodiff does not ask yours for less than one
 # rounding). Measured by scripts/checker_truth_ratio.py over the checker's corpus in
-# float32 (10 seeds): correct layers reach a ratio of 5.3 at most (a GRU step, whose
+# float32 (6 seeds): correct layers reach a ratio of 5.3 at most (a GRU step, whose
 # hand-written backward sums in another order), the planted bugs that only the truth
 # sees come in at 22 at least (a tanh-GELU backward with 0.0447 for 0.044715: 22-57; a
 # layer norm's dγ 0.2 % off: 1.3e4 and up). 10 sits between them with a factor ~2 on

@@ -8,9 +8,11 @@ setting; ``from suite import check_vjp`` works too. ``recording()`` collects eve
 result returned inside a block.
 
 The package holds one concept per module: api (the entry points), options (the options
-and the primals), kinds (vjp, grad, hessian, hvp and their behaviour), runs (the
-compiled runs, typed records), probes (float64 finite differences), judge (the verdicts,
-host-side numpy), extra (batched, determinism, zero, dtype), recording, result.
+and the primals), kinds (vjp, grad, hessian, hvp and their behaviour), recast (the
+function's program at another precision, captured constants too), pairs (complex leaves
+as real pairs), runs (the compiled runs, typed records), probes (float64 finite
+differences), judge (the verdicts, host-side numpy), extra (batched, determinism, zero,
+dtype), recording, result.
 
 ``check_backward`` is the old name, kept as a thin alias of ``check_vjp`` with the earlier
 signature (primals as a dict of name -> array); it returns the same CheckResult.

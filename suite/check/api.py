@@ -42,7 +42,7 @@ import numpy as np
 from reference import finite_diff as fdiff
 from suite import compare as cmp
 from suite.check import audit as audits
-from suite.check import extra, judge, probes, runs
+from suite.check import extra, judge, pairs, probes, runs
 from suite.check.kinds import GRAD, HESSIAN, HVP, VJP
 from suite.check.options import (
     Mismatch,
@@ -224,8 +224,30 @@ def check_vjp(fun: Callable, vjp: Callable, *primals: Any, cotangent: Any = None
     opts = Options.parse("check_vjp", options)
     require_callable("check_vjp", "fun", fun)
     require_callable("check_vjp", "vjp", vjp)
+    fun, vjp, primals, cotangent, opts, note = _complex_as_pairs("check_vjp", fun, vjp, primals,
+                                                                 cotangent, opts, True)
     check = _new_check("check_vjp", VJP, fun, vjp, primals, seed, opts)
+    check.notes.extend(note)
     return _check_linear(check, fun, cotangent)
+
+
+def _complex_as_pairs(function, fun, deriv, primals, cotangent, opts, takes_cotangent):
+    """Complex primals or outputs: the check of their (re, im) pairs (see pairs.py).
+
+    fun is traced here in the x64 scope its primals need (JAX may reuse that trace)."""
+    wide = any(np.dtype(getattr(x, "dtype", np.float32)).name in ("float64", "complex128")
+               for x in jax.tree_util.tree_leaves(primals))
+    with jax.enable_x64(True) if wide else contextlib.nullcontext():
+        try:
+            complex_out = pairs.has_complex(jax.eval_shape(fun, *primals))
+        except Exception:
+            complex_out = False
+        if not (pairs.has_complex(primals) or complex_out):
+            return fun, deriv, primals, cotangent, opts, []
+        names = arg_names(fun, len(primals), opts.names, function)
+        opts = opts.replace(names=names, name=_label(fun, opts.name))
+        return (*pairs.as_pairs(fun, deriv, primals, cotangent, takes_cotangent), opts,
+                [pairs.NOTE])
 
 
 @functools.lru_cache(maxsize=64)
@@ -274,7 +296,10 @@ def check_custom_vjp(fun: Callable, *primals: Any, cotangent: Any = None, seed: 
         opts = opts.replace(name=_label(fun, None))
     if opts.names is None:
         opts = opts.replace(names=arg_names(fun, len(primals), None, "check_custom_vjp"))
+    primal, rule, primals, cotangent, opts, note = _complex_as_pairs(
+        "check_custom_vjp", primal, rule, primals, cotangent, opts, True)
     check = _new_check("check_custom_vjp", VJP, primal, rule, primals, seed, opts)
+    check.notes.extend(note)
     result = _check_linear(check, primal, cotangent)
     if audit and result.status is not Status.ERROR:
         lin, _ = _cotangent(check, primal, cotangent)
@@ -300,7 +325,10 @@ def check_grad(fun: Callable, grad: Callable, *primals: Any, seed: int = 0,
     opts = Options.parse("check_grad", options)
     require_callable("check_grad", "fun", fun)
     require_callable("check_grad", "grad", grad)
+    fun, grad, primals, _, opts, note = _complex_as_pairs("check_grad", fun, grad, primals,
+                                                          None, opts, False)
     check = _new_check("check_grad", GRAD, fun, grad, primals, seed, opts)
+    check.notes.extend(note)
     _require_scalar(check, fun)
     return _run(check)
 

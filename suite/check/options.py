@@ -205,8 +205,8 @@ def _leaf_array(function, where, leaf):
                          f"{type(leaf).__name__}")
     dtype = np.dtype(arr.dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
-        raise ValueError(f"{function}: {where} is complex ({dtype}); complex derivatives are "
-                         "not supported")
+        raise ValueError(f"{function}: {where} is complex ({dtype}); complex primals are "
+                         "checked by check_vjp, check_custom_vjp and check_grad")
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
             or dtype == np.bool_):
         raise ValueError(f"{function}: {where} has dtype {dtype}, not a number")

@@ -64,21 +64,34 @@ _INLINE = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
            "custom_vjp_call_jaxpr": "fun_jaxpr"}
 
 
+# Bit-level primitives run as traced, their float results cast after: random bits turned
+# into a float32 uniform (jax.random inside the function) keep their meaning.
+_AS_TRACED = {"bitcast_convert_type"}
+
+
 def _is_float(dtype) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)
 
 
+_COMPLEX = {"float64": np.dtype("complex128"), "float32": np.dtype("complex64")}
+
+
 def _dtype(dtype, target):
-    return np.dtype(target) if _is_float(dtype) else dtype
+    if _is_float(dtype):
+        return np.dtype(target)
+    if jnp.issubdtype(dtype, jnp.complexfloating) and np.dtype(target).name in _COMPLEX:
+        return _COMPLEX[np.dtype(target).name]  # complex values follow their real parts
+    return dtype
 
 
 def _cast(x, target):
     dtype = jnp.result_type(x)
-    if not _is_float(dtype) or np.dtype(dtype) == np.dtype(target):
+    want = _dtype(dtype, target)
+    if want == dtype:  # integers, booleans, PRNG keys (extended dtypes) pass as they are
         return x
     if isinstance(x, jax.core.Tracer):
-        return jax.lax.convert_element_type(x, target)
-    return jnp.asarray(np.asarray(x).astype(target))
+        return jax.lax.convert_element_type(x, want)
+    return jnp.asarray(np.asarray(x).astype(want))
 
 
 def _param(p, target):
@@ -88,8 +101,8 @@ def _param(p, target):
         return _retrace(jcore.ClosedJaxpr(p, ()), target).jaxpr
     if isinstance(p, np.dtype):
         return _dtype(p, target)
-    if isinstance(p, type) and issubclass(p, np.generic) and _is_float(p):
-        return np.dtype(target)
+    if isinstance(p, type) and issubclass(p, np.generic):
+        return _dtype(np.dtype(p), target)
     if isinstance(p, jax.core.ShapedArray):
         return p.update(dtype=_dtype(p.dtype, target))
     if type(p) is tuple:  # a NamedTuple parameter (ConvDimensionNumbers) holds no dtype
@@ -124,6 +137,13 @@ def evaluate(jaxpr: Any, consts: Any, args: Any, target: str) -> list:
                 outs = evaluate(body.jaxpr, body.consts, invals, target)
             else:
                 outs = evaluate(body, (), invals, target)
+        elif eqn.primitive.name in _AS_TRACED:
+            invals = [jax.lax.convert_element_type(x, v.aval.dtype)
+                      if jnp.result_type(x) != v.aval.dtype else x
+                      for x, v in zip(invals, eqn.invars, strict=True)]
+            outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+            outs = [_cast(o, target) for o in (outs if eqn.primitive.multiple_results
+                                                else [outs])]
         else:
             params = {k: _param(v, target) for k, v in eqn.params.items()}
             outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))

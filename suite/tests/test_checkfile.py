@@ -89,6 +89,7 @@ def test_usage_errors_exit_2(capsys, tmp_path, content, why):
     assert code == 2 and why in out.err
 
 
+@pytest.mark.slow  # the CLI's exit code is tested above; this is the script's own
 def test_the_buggy_example_run_as_a_script_exits_1(capsys):
     with jax.numpy_rank_promotion("allow"), pytest.raises(SystemExit) as stop:
         runpy.run_path(str(EXAMPLES / "custom_layer_buggy.py"), run_name="__main__")

@@ -36,7 +36,7 @@ LAYERS = {
     # the checker's package, its concepts in the order its stages use them
     "suite.check.stepresult": 5.05, "suite.check.marks": 5.05, "suite.check.diagnosis": 5.05,
     "suite.check.result": 5.1, "suite.check.options": 5.1, "suite.check.recording": 5.2,
-    "suite.check.recast": 5.2,
+    "suite.check.recast": 5.2, "suite.check.pairs": 5.2,
     "suite.check.kinds": 5.2, "suite.check.runs": 5.3, "suite.check.probes": 5.4,
     "suite.check.extra": 5.5, "suite.check.judge": 5.5, "suite.check.audit": 5.55,
     "suite.check.api": 5.6, "suite.check.jvp": 5.6,
