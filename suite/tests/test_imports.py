@@ -34,6 +34,8 @@ LAYERS = {
     "suite.run": 4,
     "suite.report": 5, "suite.bench": 5, "suite.check": 5, "suite.testing": 6,
     "suite.checkfile": 6,
+    "suite.learn": 6,  # the exercise notebooks: the checker (5) and the catalog
+
     "suite.cli": 7,
     "suite": 8,
 }
