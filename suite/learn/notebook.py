@@ -8,7 +8,6 @@ grading cell carries the tag ``grade``.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 
@@ -60,8 +59,8 @@ def read(path: str | pathlib.Path) -> nbformat.NotebookNode:
     try:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
-    except (json.JSONDecodeError, nbformat.ValidationError, UnicodeDecodeError,
-            KeyError, AttributeError) as error:
+    except (ValueError, nbformat.ValidationError, KeyError, AttributeError,
+            TypeError) as error:  # nbformat's NotJSONError and JSONDecodeError are ValueErrors
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ValueError(f"{path} is not a valid notebook: {first}") from None
     exercise_of(nb, path)

@@ -171,7 +171,8 @@ def _omega_report(ex, net, truth, mine, wrong, omega_step, locator, hint, n) -> 
         gauss_newton = d[:, :, None] * jnp.einsum("kr,nrs,qs->nkq", w, truth[first + 1], w) \
             * d[:, None, :]
     diagnosis = _diagnose(mine[first], truth[first], gauss_newton, n)
-    inherited = tuple(f"Ω_{l + 1}" for l in wrong if l != first)
+    inherited = tuple(f"Ω_{l + 1}" for l in wrong if l < first and _error(omega_step(
+        net["z"][l], net["w"][l + 1], net["delta"][l + 1], truth[l + 1]), truth[l]) <= TOL)
     return Grade(ex.name, "FAIL", ladder(
         step, f"{step.name} (Ω_{first + 1}, l = {first + 1})",
         locator.assignment(step.name), diagnosis, hint, inherited=inherited,
