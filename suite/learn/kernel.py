@@ -15,6 +15,7 @@ import dataclasses
 import json
 
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from suite.learn.grading import SENTINEL, check_hint
@@ -84,8 +85,11 @@ class Session:
     """One Jupyter kernel, kept for the notebooks graded through it (a context manager)."""
 
     def __init__(self) -> None:
+        # ipc: the kernel's sockets are local files, not TCP ports (no open port, and no
+        # "running over TCP without encryption" warning in the learner's terminal)
         self._client = NotebookClient(nbformat.v4.new_notebook(), timeout=TIMEOUT_S,
-                                      allow_errors=True, kernel_name="python3")
+                                      allow_errors=True, kernel_name="python3",
+                                      km=KernelManager(kernel_name="python3", transport="ipc"))
         self._context = None
 
     def __enter__(self) -> Session:

@@ -6,7 +6,8 @@ cell and line, and hint 2 gives its diagnosis where the mistake has a class. The
 expected cell and line come from the notebook's text (where its ``blank("STEP")``
 stands), never from the grader. One kernel serves every notebook of the session
 (starting one costs seconds); make test grades batchnorm (and linear's wrong shapes and
-raising cells), the rest run in make test-slow.
+raising cells), the rest, and `backprop-suite grade` end to end in a fresh kernel, run
+in make test-slow.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import pytest
 
 from suite import cli
 from suite.learn import catalog
+from suite.learn import cli as learn_cli
 from suite.learn.derivation import code_line, equation_lines
 from suite.learn.grading import Blank, blank, unfilled
-from suite.learn.kernel import Session
+from suite.learn.kernel import Outcome, Session
 from suite.learn.notebook import code_cells, filled, notebook, source, write
 
 FAST = ("batchnorm",)
@@ -154,6 +156,20 @@ def test_planted_step_is_named_with_cell_and_line(name, kernel):
     second = kernel.grade(nb, hint=2)
     if ex.planted.diagnosis is not None:
         assert ex.planted.diagnosis in second.text.split("hint 2:")[1], second.text
+    third = kernel.grade(nb, hint=3).text.split("hint 3:")[1]
+    step = ex.step(ex.planted.step)
+    assert all(marker in third for marker in step.equation), third
+    assert "hint 4:" not in third
+
+
+def test_grade_exit_status(tmp_path, monkeypatch):
+    """grade's exit status is 0 only on PASS (the kernel's part is tested above)."""
+    path = tmp_path / "linear.ipynb"
+    nbformat.write(notebook("linear"), path)
+    for status, code in (("PASS", 0), ("FAIL", 1), ("NOT ATTEMPTED", 1), ("ERROR", 1)):
+        monkeypatch.setattr(learn_cli, "grade_notebook",
+                            lambda nb, hint, s=status: Outcome("linear", s, f"linear: {s}"))
+        assert cli.main(["grade", str(path)]) == code
 
 
 def test_partly_blank_names_what_is_left(kernel):
@@ -183,6 +199,7 @@ def test_a_raising_cell_is_reported_with_its_line(kernel):
     assert "Traceback" not in outcome.text
 
 
+@pytest.mark.slow
 def test_grade_cli_on_the_bessel_mistake(tmp_path, capsys):
     """The Done-when case: exit 1; the step, cell and line; N/(N−1) at hint 2; the equation
     at hint 3 (one fresh kernel, run as `backprop-suite grade` runs it)."""
