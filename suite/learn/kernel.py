@@ -98,7 +98,12 @@ class Session:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._context.__exit__(*exc)
+        try:
+            self._context.__exit__(*exc)
+        finally:  # a kernel manager passed in is the caller's to shut down: this one is ours
+            km = self._client.km
+            if km is not None and km.has_kernel:
+                km.shutdown_kernel(now=True)
 
     def run(self, source: str) -> nbformat.NotebookNode:
         """Execute one code cell's ``source``; the cell comes back with its outputs."""
