@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from suite.learn import catalog
 from suite.learn.hints import MAX_HINT
 from suite.learn.kernel import grade_notebook
-from suite.learn.notebook import read, write
+from suite.learn.notebook import read, require_extra, write
 
 __all__ = ["add_commands", "run", "COMMANDS"]
 
@@ -42,8 +43,9 @@ def _exercise(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``learn`` and ``grade`` to the CLI's sub-command parsers."""
+def add_commands(sub: Any) -> None:
+    """Add ``learn`` and ``grade`` to the CLI's sub-command parsers (argparse's
+    ``add_subparsers()`` object)."""
     learn = sub.add_parser("learn", help="write an exercise notebook (learn --list: the list)")
     learn.add_argument("name", nargs="?", type=_exercise, help="the exercise")
     learn.add_argument("--list", action="store_true", help="list the exercises")
@@ -65,6 +67,12 @@ def _list() -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``learn`` or ``grade``; the exit status."""
+    if not (args.command == "learn" and args.list):
+        try:
+            require_extra()
+        except RuntimeError as err:
+            print(f"backprop-suite {args.command}: error: {err}", file=sys.stderr)
+            return 2
     if args.command == "learn":
         if args.list == (args.name is not None):
             print("backprop-suite learn: error: give either --list or one exercise NAME",

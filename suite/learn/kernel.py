@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-
-import nbformat
-from jupyter_client.manager import KernelManager
-from nbclient import NotebookClient
+from typing import Any
 
 from suite.learn.grading import SENTINEL, check_hint
-from suite.learn.notebook import code_cells, exercise_of, is_grade_cell
+from suite.learn.notebook import code_cells, exercise_of, is_grade_cell, require_extra
+
+try:  # the optional extra `learn` (suite.learn.notebook.require_extra says how to get it)
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+except ImportError:
+    nbformat = KernelManager = NotebookClient = None
 
 __all__ = ["Outcome", "Session", "grade_notebook"]
 
@@ -39,7 +43,7 @@ class Outcome:
         return self.status == "PASS"
 
 
-def _errors(cell: nbformat.NotebookNode, number: int) -> list[str]:
+def _errors(cell: Any, number: int) -> list[str]:
     found = []
     for out in cell.get("outputs", []):
         if out.get("output_type") == "error":
@@ -76,7 +80,7 @@ def _plain(text: str) -> str:
     return "".join(out)
 
 
-def _stdout(cell: nbformat.NotebookNode) -> str:
+def _stdout(cell: Any) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", [])
                    if o.get("output_type") == "stream")
 
@@ -85,6 +89,7 @@ class Session:
     """One Jupyter kernel, kept for the notebooks graded through it (a context manager)."""
 
     def __init__(self) -> None:
+        require_extra()
         # ipc: the kernel's sockets are local files, not TCP ports (no open port, and no
         # "running over TCP without encryption" warning in the learner's terminal)
         self._client = NotebookClient(nbformat.v4.new_notebook(), timeout=TIMEOUT_S,
@@ -105,14 +110,14 @@ class Session:
             if km is not None and km.has_kernel:
                 km.shutdown_kernel(now=True)
 
-    def run(self, source: str) -> nbformat.NotebookNode:
+    def run(self, source: str) -> Any:
         """Execute one code cell's ``source``; the cell comes back with its outputs."""
         cell = nbformat.v4.new_code_cell(source)
         self._client.nb.cells.append(cell)
         self._client.execute_cell(cell, len(self._client.nb.cells) - 1)
         return cell
 
-    def grade(self, nb: nbformat.NotebookNode, hint: int = 1) -> Outcome:
+    def grade(self, nb: Any, hint: int = 1) -> Outcome:
         """Run ``nb``'s code cells (its grading cell excepted) and grade it at ``hint``."""
         name, hint = exercise_of(nb), check_hint(hint)
         self.run("%reset -f")
@@ -139,7 +144,7 @@ class Session:
         return Outcome(name, status, "\n".join(lines))
 
 
-def grade_notebook(nb: nbformat.NotebookNode, hint: int = 1) -> Outcome:
+def grade_notebook(nb: Any, hint: int = 1) -> Outcome:
     """Grade ``nb`` in a fresh kernel, run top to bottom."""
     with Session() as session:
         return session.grade(nb, hint)

@@ -10,16 +10,30 @@ from __future__ import annotations
 
 import pathlib
 import re
-
-import jupytext
-import nbformat
+from typing import Any
 
 from suite.learn import catalog
 
-__all__ = ["NOTEBOOKS", "source", "notebook", "write", "read", "exercise_of", "code_cells",
-           "is_grade_cell", "filled"]
+try:  # the optional extra `learn`; the rest of backprop-suite runs without it
+    import jupytext
+    import nbformat
+except ImportError as missing:
+    jupytext = nbformat = None
+    _MISSING = missing.name
+else:
+    _MISSING = None
+
+__all__ = ["NOTEBOOKS", "require_extra", "source", "notebook", "write", "read", "exercise_of",
+           "code_cells", "is_grade_cell", "filled"]
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent / "notebooks"
+
+
+def require_extra() -> None:
+    """RuntimeError saying how to install the extra ``learn`` when a package of it is missing."""
+    if _MISSING is not None:
+        raise RuntimeError(f"the exercise notebooks need the optional extra `learn` ({_MISSING} "
+                           f"is not installed): pip install 'backprop-suite[learn]'")
 
 
 def source(name: str) -> str:
@@ -28,8 +42,9 @@ def source(name: str) -> str:
     return (NOTEBOOKS / f"{name}.py").read_text(encoding="utf-8")
 
 
-def notebook(name: str, text: str | None = None) -> nbformat.NotebookNode:
+def notebook(name: str, text: str | None = None) -> Any:
     """Exercise ``name``'s notebook (from ``text`` if given, else its kept source)."""
+    require_extra()
     nb = jupytext.reads(source(name) if text is None else text, fmt="py:percent")
     nb.metadata.pop("jupytext", None)
     return nb
@@ -49,8 +64,9 @@ def write(name: str, out_dir: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-def read(path: str | pathlib.Path) -> nbformat.NotebookNode:
+def read(path: str | pathlib.Path) -> Any:
     """Read and validate an exercise notebook; ValueError saying what is malformed."""
+    require_extra()
     path = pathlib.Path(path)
     if path.suffix != ".ipynb":
         raise ValueError(f"FILE must be a .ipynb notebook, got {str(path)!r}")
@@ -67,7 +83,7 @@ def read(path: str | pathlib.Path) -> nbformat.NotebookNode:
     return nb
 
 
-def exercise_of(nb: nbformat.NotebookNode, path: str | pathlib.Path = "notebook") -> str:
+def exercise_of(nb: Any, path: str | pathlib.Path = "notebook") -> str:
     """The exercise a notebook declares; ValueError when it declares none or an unknown one."""
     name = nb.metadata.get("learn", {}).get("exercise")
     if not isinstance(name, str):
@@ -77,12 +93,12 @@ def exercise_of(nb: nbformat.NotebookNode, path: str | pathlib.Path = "notebook"
     return name
 
 
-def is_grade_cell(cell: nbformat.NotebookNode) -> bool:
+def is_grade_cell(cell: Any) -> bool:
     """Whether ``cell`` is the notebook's own grading cell (tag ``grade``)."""
     return cell.cell_type == "code" and "grade" in cell.metadata.get("tags", [])
 
 
-def code_cells(nb: nbformat.NotebookNode) -> list[str]:
+def code_cells(nb: Any) -> list[str]:
     """The sources of the notebook's code cells, in order (cell [k] is the k-th)."""
     return [c.source for c in nb.cells if c.cell_type == "code"]
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -22,7 +24,7 @@ from nbclient import NotebookClient
 from suite import cli
 from suite.learn import catalog
 from suite.learn import cli as learn_cli
-from suite.learn.derivation import code_line, equation_lines
+from suite.learn.derivation import ROOT, code_line, equation_lines
 from suite.learn.grading import Blank, blank, unfilled
 from suite.learn.kernel import Outcome, Session
 from suite.learn.notebook import code_cells, filled, notebook, source, write
@@ -232,3 +234,17 @@ def test_grade_cli_on_the_bessel_mistake(tmp_path, capsys):
     assert "N/(N−1)" in out.split("hint 2:")[1]
     assert "var    = 1/M Σ (x - mu)²" in out.split("hint 3:")[1]
     assert json.dumps(out)  # plain text
+
+
+@pytest.mark.slow
+def test_without_the_learn_extra_the_cli_says_how_to_install_it(tmp_path):
+    """backprop-suite runs without jupytext and friends; learn NAME and grade exit 2 saying
+    which extra to install (a fresh interpreter in which jupytext cannot be imported)."""
+    code = ("import sys; sys.modules['jupytext'] = None\n"
+            "from suite import cli\n"
+            "assert cli.main(['learn', '--list']) == 0\n"
+            f"sys.exit(cli.main(['learn', 'linear', '--out', {str(tmp_path)!r}]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "backprop-suite[learn]" in run.stderr and not (tmp_path / "linear.ipynb").exists()
