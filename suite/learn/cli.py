@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             return _list()
         try:
             path = write(args.name, args.out)
-        except FileExistsError as err:
+        except OSError as err:  # the file exists (never overwritten), or DIR is unusable
             print(f"backprop-suite learn: error: {err}", file=sys.stderr)
             return 2
         print(f"wrote {path}; open it in Jupyter, fill in the blanks, then "
@@ -93,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"backprop-suite grade: error: {err}", file=sys.stderr)
         return 2
-    outcome = grade_notebook(nb, args.hint)
+    try:
+        outcome = grade_notebook(nb, args.hint)
+    except (TimeoutError, RuntimeError) as err:  # a cell ran past the limit; the kernel died
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"backprop-suite grade: the notebook could not be run to the end: "
+              f"{type(err).__name__}: {first}", file=sys.stderr)
+        return 1
     print(outcome.text)
     return 0 if outcome.passed else 1

@@ -103,6 +103,8 @@ def test_learn_writes_once_and_never_overwrites(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err and path.read_bytes() == before
     with pytest.raises(FileExistsError):
         write("batchnorm", tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert cli.main(["learn", "linear", "--out", str(tmp_path / "a_file")]) == 2
 
 
 @pytest.mark.parametrize("argv", [["learn"], ["learn", "nosuch"], ["learn", "--list", "linear"],
