@@ -202,6 +202,39 @@ def test_partly_blank_names_what_is_left(kernel):
         outcome.text
 
 
+def test_grading_leaves_the_learners_jax_settings_alone(kernel):
+    kernel.grade(notebook("batchnorm", filled(source("batchnorm"), catalog.get("batchnorm"))))
+    shown = kernel.run("import jax\nprint(jax.config.jax_enable_x64)").outputs[0]["text"]
+    assert shown.strip() == "False"   # x64 only inside the grader's scoped context
+
+
+# More planted mistakes, each of a stated class (the diagnosis fragment to expect), and
+# for omega the inheritance rule: a wrong Ω_L makes every Ω_l below wrong too, yet the
+# first wrong one named is Ω_L (omega_step fed the true Ω_{l+1} is right).
+MORE = [
+    ("batchnorm", catalog.Planted("dsigma", "dinv / sigma**2", "sign")),
+    ("layernorm", catalog.Planted("dgamma", "jnp.mean(dy * xhat, axis=0)", "1/N")),
+    ("omega", catalog.Planted("omega_L", "jnp.einsum('nk,kq->nkq', p, jnp.eye(p.shape[1])) "
+                              "- jnp.einsum('nk,nq->nkq', p, p)", "factor N")),
+    ("omega", catalog.Planted("h_l", "2 * jnp.einsum('ni,nj,nkq->ikjq', a_hat, a_hat, omega)"
+                              ".reshape(a_hat.shape[1] * omega.shape[1], -1)", "factor 2")),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, wrong", MORE, ids=[f"{n}-{w.step}" for n, w in MORE])
+def test_more_planted_mistakes(name, wrong, kernel):
+    ex = catalog.get(name)
+    outcome = kernel.grade(notebook(name, filled(source(name), ex, wrong=wrong)), hint=2)
+    cell, line = _where(name, wrong.step)
+    assert outcome.status == "FAIL", outcome.text
+    assert f"first wrong step is {wrong.step}" in outcome.text, outcome.text
+    assert f"cell [{cell}], line {line}" in outcome.text, outcome.text
+    assert wrong.diagnosis in outcome.text.split("hint 2:")[1], outcome.text
+    if wrong.step == "omega_L":
+        assert "wrong only because of it: Ω_2, Ω_1" in outcome.text, outcome.text
+
+
 def test_a_wrong_shape_gives_expected_and_returned(kernel):
     ex = catalog.get("linear")
     wrong = catalog.Planted("dw", "dy.T @ x")      # (M, D) where w is (D, M)
