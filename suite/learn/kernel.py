@@ -139,8 +139,11 @@ class Session:
             errors += _errors(graded, number + 1)
             return Outcome(name, "ERROR", "\n".join([f"{name}: ERROR"] + errors))
         lines = report.rstrip("\n").splitlines()
-        if errors:
-            lines[1:1] = ["  (a cell raised; it is graded as it stands)"] + errors
+        if errors:  # graded as it stands, but a notebook must run top to bottom to pass
+            if status == "PASS":
+                status = "ERROR"
+                lines[0] = f"{name}: ERROR (the steps pass, but a cell raised)"
+            lines[1:1] = ["  (a cell raised; the notebook is graded as it stands)"] + errors
         return Outcome(name, status, "\n".join(lines))
 
 

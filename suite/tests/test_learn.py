@@ -5,8 +5,8 @@ notebook is NOT ATTEMPTED (exit 1); a planted wrong step is named at hint 1 with
 cell and line, and hint 2 gives its diagnosis where the mistake has a class. The
 expected cell and line come from the notebook's text (where its ``blank("STEP")``
 stands), never from the grader. One kernel serves every notebook of the session
-(starting one costs seconds); make test grades batchnorm (and linear's wrong shapes and
-raising cells), the rest, and `backprop-suite grade` end to end in a fresh kernel, run
+(starting one costs seconds); make test grades batchnorm (and its wrong shapes and raising
+cells), the rest, and `backprop-suite grade` end to end in a fresh kernel, run
 in make test-slow.
 """
 
@@ -236,22 +236,31 @@ def test_more_planted_mistakes(name, wrong, kernel):
 
 
 def test_a_wrong_shape_gives_expected_and_returned(kernel):
-    ex = catalog.get("linear")
-    wrong = catalog.Planted("dw", "dy.T @ x")      # (M, D) where w is (D, M)
-    outcome = kernel.grade(notebook("linear", filled(source("linear"), ex, wrong=wrong)))
-    assert outcome.status != "PASS"
-    assert "(3, 4)" in outcome.text and "(4, 3)" in outcome.text, outcome.text
+    ex = catalog.get("batchnorm")
+    wrong = catalog.Planted("dgamma", "jnp.sum(dy * xhat, axis=1)")   # (N,) where gamma is (D,)
+    outcome = kernel.grade(notebook("batchnorm", filled(source("batchnorm"), ex, wrong=wrong)))
+    assert outcome.status == "FAIL", outcome.text
+    assert "dgamma: expected shape (4,)" in outcome.text and "returned (32,)" in outcome.text
     assert "Traceback" not in outcome.text and "site-packages" not in outcome.text
 
 
-def test_a_raising_cell_is_reported_with_its_line(kernel):
-    ex = catalog.get("linear")
-    wrong = catalog.Planted("dx", "dy @ w.T @ undefined_name")
-    outcome = kernel.grade(notebook("linear", filled(source("linear"), ex, wrong=wrong)))
-    cell, line = _where("linear", "dx")
+def test_a_raising_step_is_reported_with_its_line(kernel):
+    ex = catalog.get("batchnorm")
+    wrong = catalog.Planted("dx", "dxmu + dmu / N + undefined_name")
+    outcome = kernel.grade(notebook("batchnorm", filled(source("batchnorm"), ex, wrong=wrong)))
+    cell, line = _where("batchnorm", "dx")
     assert outcome.status == "ERROR", outcome.text
     assert "NameError" in outcome.text and f"cell [{cell}], line {line}" in outcome.text
     assert "Traceback" not in outcome.text
+
+
+def test_a_cell_that_raises_is_reported_and_keeps_the_notebook_from_passing(kernel):
+    ex = catalog.get("batchnorm")
+    text = filled(source("batchnorm"), ex).replace("    return gamma * xhat + beta\n",
+                                                   "    return gamma * xhat + beta\n1 / 0\n")
+    outcome = kernel.grade(notebook("batchnorm", text))
+    assert outcome.status == "ERROR" and "cell [2] raised ZeroDivisionError" in outcome.text
+    assert "all 10 steps right" in outcome.text and "Traceback" not in outcome.text
 
 
 @pytest.mark.slow
