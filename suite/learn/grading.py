@@ -194,8 +194,9 @@ def _report(ex: catalog.Exercise, result: Any, locator: Locator, hint: int) -> G
     where = locator.parse(first.line)
     if step is not None and (where is None or where.cell is None):
         where = locator.assignment(step.name) or where
-    inherited = tuple(_label(ex, s.name)[1] for s in wrong if s.name != first.name)
-    detail = ""
+    # later wrong steps: the checker names the first one whose error is its own; the others
+    # may only inherit it (fix the first, then grade again)
+    others = tuple(_label(ex, s.name)[1] for s in wrong if s.name != first.name)
     if status_name(first.status) == "ERROR":
         detail = f"it could not be judged: {first.diagnosis}" if first.diagnosis else ""
         diagnosis = None
@@ -205,7 +206,7 @@ def _report(ex: catalog.Exercise, result: Any, locator: Locator, hint: int) -> G
     if step is None:
         return Grade(ex.name, "FAIL", [f"  the first wrong step is {label} at {where}"])
     return Grade(ex.name, "FAIL", ladder(step, label, where, diagnosis, hint,
-                                         inherited=inherited, detail=detail))
+                                         others=others, detail=detail))
 
 
 def grade_namespace(name: str, namespace: Mapping[str, Any], *, hint: int = 1,
