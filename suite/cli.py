@@ -29,6 +29,7 @@ from suite import studies as study_registry
 from suite.bench import run_bench
 from suite.check import CheckResult
 from suite.config import configure, default_compile_cache, use_compile_cache
+from suite.learn import cli as learn_cli
 from suite.report import fmt, verdict, write_report
 from suite.results import Row, StudyResult
 from suite.run import PLATFORMS, resolve_device, run_all
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("file", help="a .py file")
     chk.add_argument("--out", default=None,
                      help="also write report.md, results.csv and results.json in this folder")
+    learn_cli.add_commands(sub)  # learn, grade: the exercise notebooks (suite/learn/cli.py)
     return p
 
 
@@ -166,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":  # the user's code, with JAX's settings as they are
         return _check(args)
+    if args.command in learn_cli.COMMANDS:  # the learner's kernel keeps JAX's settings too
+        return learn_cli.run(args)
     if getattr(args, "devices", None):
         _request_host_devices(args.devices)
     configure()

@@ -43,6 +43,8 @@ LAYERS = {
     "suite.check.steps": 5.65,
     "suite.check": 5.7,
     "suite.checkfile": 6,
+    "suite.learn": 6,  # the exercise notebooks: the checker (5) and the catalog
+
     "suite.cli": 7,
     "suite": 8,
 }
@@ -58,7 +60,9 @@ def modules(root: pathlib.Path = ROOT) -> dict[str, pathlib.Path]:
     found = {}
     for top in FIRST_PARTY:
         for path in sorted((root / top).rglob("*.py")):
-            if "tests" not in path.relative_to(root).parts:
+            parts = path.relative_to(root).parts
+            # suite/learn/notebooks/ holds the learners' notebooks (jupytext text), not modules
+            if "tests" not in parts and parts[:3] != ("suite", "learn", "notebooks"):
                 found[module_name(path, root)] = path
     return found
 
