@@ -15,8 +15,8 @@ finite-difference scheme.
 Example::
 
     >>> import jax.numpy as jnp
-    >>> VJP.call(lambda x, g: 2 * g, (jnp.ones(2),), jnp.ones(2))
-    Array([2., 2.], dtype=float32)
+    >>> VJP.call(lambda x, g: 2 * g, (jnp.ones(2),), jnp.ones(2)).tolist()
+    [2.0, 2.0]
     >>> (HESSIAN.order, HESSIAN.linear, HVP.linear)
     (2, False, True)
 """

@@ -31,7 +31,7 @@ EXERCISE = register(Exercise(
         Step("dx", "x", "(dxhat - jnp.mean(dxhat, axis=-1, keepdims=True) "
              "- xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True)) / sigma", M,
              ("dx     = (g - mean_j(g) - x̂ ⊙ mean_j(g ⊙ x̂)) / sigma",),
-             "dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)) - xc * row_term",
+             "dx = rstd * (g - jnp.mean(g, axis=axes, keepdims=True)) - xc * row_term",
              "dE/dx, through mu and sigma too"),
     ),
     # the path through mu forgotten: the mean of g is not subtracted
