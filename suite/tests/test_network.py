@@ -175,9 +175,18 @@ def case(request):
     return request.param, (net, params, x, y, loss), np.asarray(h)
 
 
-def _check_all(args, h, manual=nw):
+class _Jitted:
+    """manual.network's functions under jax.jit (net and loss static)."""
+
+    def __getattr__(self, name):
+        static = () if name == "forward" else ("loss",)
+        return jax.jit(getattr(nw, name), static_argnums=0, static_argnames=static)
+
+
+def _check_all(args, h):
     """Every function's normwise error against its autodiff oracle."""
     net, params, x, y, loss = args
+    manual = _Jitted()
     flat, unravel = ravel_pytree(params)
     errors = {}
     e = plain_loss(net, params, x, y, loss)
