@@ -1,0 +1,420 @@
+"""Exact curvature of any stack of layers — convolution, pooling, residual blocks, layer
+norm, attention — by stagewise second-order backprop, by hand.
+
+A network is a tuple of layers; ``params`` a tuple with one entry per layer (``()`` for a
+layer without parameters, a tuple of inner entries for ``Residual``). Layers carry no
+sizes: the shapes come from params (``init`` makes params from sizes the caller gives).
+
+    Linear()                      (w (D, M), b (M,)); x (..., D) -> x @ w + b
+    Conv2d(*, stride, padding, dilation, groups)   (w (O, C/groups, kh, kw), b (O,)); NCHW
+    Act(activation)               a name or a manual.activations.Activation
+    MaxPool2d(window, *, stride, padding), AvgPool2d(window, *, stride, padding)
+    Flatten()                     (N, ...) -> (N, -1), C order
+    GlobalAvgPool()               (N, C, H, W) -> (N, C)
+    LayerNorm(*, eps)             (gamma (D,), beta (D,)) over the last axis
+    SelfAttention(heads, *, causal)   {"w_k", "w_o", "w_q", "w_v"}, (D, D) each; x (N, T, D)
+    MeanOverTime()                (N, T, D) -> (N, D)
+    Residual(*layers)             y = x + f(x)
+
+The output is the logits (N, M); E = 1/N Σₙ ℓ(zₙ, yₙ) (``loss=`` a name or a
+manual.losses.Loss). There is no ``l2=``: the Hessian of ½ λ Σ ||W||² is λ on the
+weights' diagonal, which the caller adds.
+
+**The recursion** (Mizutani & Dreyfus's stagewise second-order backprop, for any stack).
+Per sample, with δ the first-order costate at a layer's output y = F(x, θ) and Ω the
+second-order costate ∂²E/∂y∂y there, each layer (manual/_network_layers.py, its rules
+in each docstring) supplies J_x, J_θ and its own second-order terms
+T = Σ_k δ_k ∇² y_k::
+
+    Ω_top = ℓ''(z) / N
+    Ω_x   = J_xᵀ Ω_y J_x + T_xx                        (the costate passed down)
+    H_θθ  = Σₙ J_θᵀ Ω_y J_θ + T_θθ                     (the layer's diagonal block)
+    diag H_θ = Σₙ diag(J_θᵀ Ω_y J_θ) + diag T_θθ
+
+(the input of a layer does not depend on its own θ, so the mixed terms T_xθ reach only
+off-diagonal blocks). Residual: Ω_x = (I + J_f)ᵀ Ω_y (I + J_f) + T_f.
+
+**Which Ω is dense, which factored.** Ω is carried factored, per sample, as signed
+columns: Ω = Σ_k w_k c_k c_kᵀ, c (N, K, *shape), w (N, K). At the logits K = M (the
+eigenvectors of ℓ'' with its eigenvalues / N: the Gauss-Newton part has as many columns
+as logits). J_xᵀ maps columns to columns (the layer's first-order backward over N·K
+images: no vmap, the column axis rides with the batch), and each column's own
+parameter gradient g = c J_θ gives the block Σ w g gᵀ and the diagonal Σ w g² — no
+(P, P) matrix is ever formed for the diagonal. The T_xx terms join as more columns:
+
+    Act            diag(δ ⊙ f''(z)): U one-hot columns (U units per sample; none for
+                   relu, leaky_relu)
+    LayerNorm      dense per row, D x D: exactly D + 4 columns per row (its docstring)
+    SelfAttention  dense per sample, T D x T D: from the R-op along T D unit tangents,
+                   factored by eigenvectors (T D columns); its T_θθ is closed form on
+                   the diagonal and from the R-op along 4 D² tangents for the block
+    the rest       0 (linear in x, or max pooling: 0 almost everywhere)
+
+When the columns at a top-level layer boundary outnumber twice the per-sample size F
+there, they are compressed exactly: Ω (N, F, F) formed and replaced by its
+eigenvectors (F columns). Cost of the diagonal: one pullback of K columns per layer,
+K = M plus the columns added above; e.g. the ResNet block (relu) costs M = 10
+backward passes plus the per-column weight gradients, 2 N M P flops.
+
+``hvp`` is Pearlmutter's R-op, hand-derived per layer (``tangent`` and
+``backward_tangent``): one forward tangent pass and one differentiated backward,
+about the cost of jax.jvp(jax.grad). ``hessian`` is the hvp along the P unit vectors
+(lax.map; every entry exact, including the mixed terms), ``gauss_newton`` the Gram of
+the Gauss-Newton columns' gradients.
+
+Ravel order is jax.flatten_util.ravel_pytree's: layers in order, depth first into
+Residual, each layer's leaves in order (dict keys sorted: w_k, w_o, w_q, w_v).
+
+Source: E. Mizutani & S. E. Dreyfus, "Second-order stagewise backpropagation for
+Hessian-matrix analyses and investigation of negative curvature" (Neural Networks 21,
+2008); B. Pearlmutter, "Fast exact multiplication by the Hessian" (1994).
+
+Example::
+
+    >>> import jax, jax.numpy as jnp
+    >>> from manual import network
+    >>> net = (network.Linear(), network.Act("tanh"), network.Linear())
+    >>> x = jnp.ones((4, 3))
+    >>> params = network.init(net, jax.random.PRNGKey(0), x.shape, (5, None, 2))
+    >>> y = jnp.array([0, 1, 1, 0])
+    >>> d = network.hessian_diagonal(net, params, x, y, loss="softmax_cross_entropy")
+    >>> [leaf.shape for layer in d for leaf in layer]
+    [(3, 5), (5,), (2, 5) ...
+"""
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from manual import losses as _losses
+from manual._network_layers import (
+    Act,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    LayerNorm,
+    Linear,
+    MaxPool2d,
+    MeanOverTime,
+    Residual,
+    SelfAttention,
+    describe,
+    stack_backward,
+    stack_backward_tangent,
+    stack_check,
+    stack_forward,
+    stack_init,
+    stack_tangent,
+)
+from manual.types import Array, ArrayLike, DTypeLike
+
+__all__ = ["Act", "AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool", "Layer", "LayerNorm",
+           "Linear", "MaxPool2d", "MeanOverTime", "Residual", "SelfAttention", "check",
+           "forward", "gauss_newton", "gauss_newton_diagonal", "grad", "hessian",
+           "hessian_blocks", "hessian_diagonal", "hvp", "init", "leaves", "loss",
+           "per_sample_grads"]
+
+Net = tuple | list
+Params = tuple | list
+
+
+# --- params as trees (tuples, lists, dicts with sorted keys, arrays) --------------------
+
+def leaves(tree: object) -> list:
+    """The arrays of a params tree in ravel_pytree order (dict keys sorted)."""
+    if isinstance(tree, dict):
+        return [a for k in sorted(tree) for a in leaves(tree[k])]
+    if isinstance(tree, (tuple, list)):
+        return [a for t in tree for a in leaves(t)]
+    return [tree]
+
+
+def _map(fn, tree, *rest):
+    if isinstance(tree, dict):
+        return {k: _map(fn, tree[k], *(r[k] for r in rest)) for k in tree}
+    if isinstance(tree, (tuple, list)):
+        return tuple(_map(fn, t, *(r[i] for r in rest)) for i, t in enumerate(tree))
+    return fn(tree, *rest)
+
+
+def _unravel(tree, flat):
+    """A params-shaped tree from a flat vector in ravel order."""
+    sizes = [int(np.size(a)) for a in leaves(tree)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    parts = iter(range(len(sizes)))
+
+    def take(a):
+        i = next(parts)
+        return flat[offsets[i]:offsets[i + 1]].reshape(np.shape(a))
+    return _map_ordered(take, tree)
+
+
+def _map_ordered(fn, tree):
+    """_map visiting leaves in ravel order (sorted dict keys)."""
+    if isinstance(tree, dict):
+        return {k: _map_ordered(fn, tree[k]) for k in sorted(tree)}
+    if isinstance(tree, (tuple, list)):
+        return tuple(_map_ordered(fn, t) for t in tree)
+    return fn(tree)
+
+
+# --- validation --------------------------------------------------------------------------
+
+def check(net: Net, params: Params, x: ArrayLike) -> tuple:
+    """Validate a network, its params and an input batch; returns the logits' shape.
+
+    Raises:
+      ValueError: net not a tuple of layers; x not a floating-point batch; params not
+        one entry per layer, or a wrong shape or dtype at some layer (the message names
+        the layer's index, dotted into a Residual: "layer 2.0", and what it got); an
+        output that is not (N, M).
+    """
+    if not isinstance(net, (tuple, list)) or not net or not all(
+            isinstance(layer, Layer) for layer in net):
+        raise ValueError(f"net must be a non-empty tuple of manual.network layers, got "
+                         f"{net!r}")
+    if not hasattr(x, "shape") or not jnp.issubdtype(jnp.result_type(x), jnp.floating) \
+            or np.ndim(x) < 2:
+        raise ValueError(f"x must be a floating-point batch (N, ...), got {describe(x)}")
+    out = stack_check(tuple(net), params, tuple(np.shape(x)), jnp.result_type(x))
+    if len(out) != 2:
+        raise ValueError(f"the network must end in logits (N, M), got output shape {out} "
+                         f"(add Flatten, GlobalAvgPool or MeanOverTime, then Linear)")
+    return out
+
+
+def init(net: Net, key: ArrayLike, x_shape: tuple, sizes: tuple, *,
+         dtype: DTypeLike = jnp.float32) -> tuple:
+    """Params for ``net`` from the sizes the caller gives, one entry per layer.
+
+    Args:
+      net: the layers.
+      key: a jax.random key.
+      x_shape: the input batch's shape (N, ...).
+      sizes: per layer: Linear the output width M; Conv2d (out_channels, kernel) with
+        kernel an int or a pair; Residual a tuple of its inner layers' sizes; any other
+        layer None (its shapes follow from its input).
+      dtype: of every parameter.
+
+    Returns:
+      params: weights N(0, 1/fan_in), biases and beta zero, gamma one.
+    """
+    if not isinstance(net, (tuple, list)) or not all(isinstance(la, Layer) for la in net):
+        raise ValueError(f"net must be a tuple of manual.network layers, got {net!r}")
+    return stack_init(tuple(net), key, tuple(x_shape), sizes, jnp.dtype(dtype))
+
+
+# --- first order -------------------------------------------------------------------------
+
+def forward(net: Net, params: Params, x: ArrayLike) -> Array:
+    """The logits (N, M)."""
+    check(net, params, x)
+    return stack_forward(tuple(net), params, x)[0]
+
+
+def loss(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+         loss: _losses.LossLike) -> Array:
+    """E = 1/N Σₙ ℓ(zₙ, yₙ), a scalar."""
+    return _losses.get(loss).value(forward(net, params, x), y)
+
+
+def _first_order(net, params, x, y, loss):
+    check(net, params, x)
+    loss = _losses.get(loss)
+    z, states = stack_forward(tuple(net), params, x)
+    delta = loss.grad(z, y)
+    _, grads, dys = stack_backward(tuple(net), params, states, delta)
+    return loss, z, states, grads, dys
+
+
+def grad(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+         loss: _losses.LossLike) -> tuple:
+    """∂E/∂θ, params-shaped: δ_top = ℓ'(z)/N, then each layer's first-order backward."""
+    return _first_order(net, params, x, y, loss)[3]
+
+
+# --- the column recursion ----------------------------------------------------------------
+
+def _compress(c, w):
+    """Columns replaced by the eigenvectors of Ω = Σ w c cᵀ, when fewer (exact)."""
+    n, k = c.shape[:2]
+    f = int(np.prod(c.shape[2:]))
+    if k <= 2 * f:
+        return c, w
+    flat = c.reshape(n, k, f)
+    omega = jnp.einsum("nki,nk,nkj->nij", flat, w, flat)
+    values, vectors = jnp.linalg.eigh(omega)
+    return vectors.transpose(0, 2, 1).reshape(c.shape[:1] + (f,) + c.shape[2:]), values
+
+
+def _push(layers, params, states, dys, c, w, visit, exact, path=(), top=True):
+    """Carry the columns (c, w) from the output of ``layers`` to its input, calling
+    visit(path, layer, p, state, dy, g, w) at every layer with parameters (g the
+    per-column parameter gradients, leaves (N, K, ...))."""
+    for i in reversed(range(len(layers))):
+        layer, p, state, dy = layers[i], params[i], states[i], dys[i]
+        if isinstance(layer, Residual):
+            inner_dys = stack_backward(layer.layers, p, state, dy)[2]
+            branch, w_branch = _push(layer.layers, p, state, inner_dys, c, w, visit, exact,
+                                     path + (i,), top=False)
+            c, w = layer.join_columns(c, branch), w_branch
+        else:
+            c_in, g = layer.pullback(p, state, c)
+            if layer.has_params:
+                visit(path + (i,), layer, p, state, dy, g, w)
+            c = c_in
+            if exact:
+                extra = layer.second_order(p, state, dy)
+                if extra is not None:
+                    c = jnp.concatenate([c, extra[0]], axis=1)
+                    w = jnp.concatenate([w, extra[1]], axis=1)
+        if top and exact:
+            c, w = _compress(c, w)
+    return c, w
+
+
+def _top_columns(loss, z, y):
+    """Ω_top = ℓ''(z)/N per sample as its eigenvectors (N, M, M) and eigenvalues / N."""
+    values, vectors = jnp.linalg.eigh(loss.hessian(z, y))
+    return vectors.transpose(0, 2, 1), values / z.shape[0]
+
+
+def _collect(net, params, x, y, loss, exact, visit):
+    loss, z, states, _, dys = _first_order(net, params, x, y, loss)
+    c, w = _top_columns(loss, z, y)
+    found = {}
+    _push(tuple(net), params, states, dys, c, w,
+          lambda path, *args: found.__setitem__(path, visit(*args)), exact)
+    return found
+
+
+def _rebuild(net, params, found, fill):
+    """A params-shaped tuple: found[path] for layers with parameters, fill(p) else."""
+    def build(layers, ps, path):
+        out = []
+        for i, (layer, p) in enumerate(zip(layers, ps, strict=True)):
+            if isinstance(layer, Residual):
+                out.append(build(layer.layers, p, path + (i,)))
+            else:
+                out.append(found[path + (i,)] if layer.has_params else fill(p))
+        return tuple(out)
+    return build(tuple(net), params, ())
+
+
+def _diagonal(net, params, x, y, loss, exact):
+    def visit(layer, p, state, dy, g, w):
+        d = _map(lambda gl: jnp.einsum("nk,nk...->...", w, gl * gl), g)
+        own = layer.own_diagonal(p, state, dy) if exact else None
+        return d if own is None else _map(jnp.add, d, own)
+    return _rebuild(net, params, _collect(net, params, x, y, loss, exact, visit), tuple)
+
+
+def hessian_diagonal(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+                     loss: _losses.LossLike) -> tuple:
+    """The diagonal of the exact Hessian, params-shaped; no (P, P) matrix formed.
+
+    diag H_θ = Σₙ Σ_k w_k (c_k J_θ)² + diag T_θθ over the columns of Ω at each layer's
+    output (module doc). Add λ on the weights for an l2 penalty ½ λ Σ ||W||².
+
+    Args:
+      net: a tuple of layers.
+      params: one entry per layer.
+      x: the input batch (N, ...).
+      y: what ``loss`` takes (integer labels (N,) for "softmax_cross_entropy").
+      loss: a name in manual.losses.LOSSES or a manual.losses.Loss.
+    """
+    return _diagonal(net, params, x, y, loss, True)
+
+
+def gauss_newton_diagonal(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+                          loss: _losses.LossLike) -> tuple:
+    """The diagonal of the Gauss-Newton matrix Σₙ Jₙᵀ ℓ''ₙ Jₙ / N, params-shaped: the
+    recursion with only the M columns of ℓ'' (no T terms)."""
+    return _diagonal(net, params, x, y, loss, False)
+
+
+def _rows(g):
+    """Per-column gradients (leaves (N, K, ...)) as (N·K, P_l) in ravel order."""
+    parts = leaves(g)
+    n, k = parts[0].shape[:2]
+    return jnp.concatenate([a.reshape(n * k, -1) for a in parts], axis=1)
+
+
+def hessian_blocks(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+                   loss: _losses.LossLike) -> tuple:
+    """The diagonal blocks H_θθ = Σₙ J_θᵀ Ω_y J_θ + T_θθ, one (P_l, P_l) per layer with
+    parameters, in the order the layers appear (depth first into Residual), each in the
+    ravel order of its params. Arguments as ``hessian_diagonal``."""
+    def visit(layer, p, state, dy, g, w):
+        rows = _rows(g)
+        block = rows.T @ (w.reshape(-1, 1) * rows)
+        own = layer.own_block(p, state, dy)
+        return block if own is None else block + own
+    found = _collect(net, params, x, y, loss, True, visit)
+    return tuple(found[path] for path in sorted(found))
+
+
+def gauss_newton(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+                 loss: _losses.LossLike) -> Array:
+    """The Gauss-Newton matrix G = Σₙ Jₙᵀ ℓ''ₙ Jₙ / N, (P, P) in ravel order: the Gram
+    Σ w g gᵀ of the M columns' whole-network gradients."""
+    found = _collect(net, params, x, y, loss, False, lambda *args: (_rows(args[4]),
+                                                                     args[5].reshape(-1)))
+    rows = jnp.concatenate([found[path][0] for path in sorted(found)], axis=1)
+    w = found[min(found)][1]
+    return rows.T @ (w[:, None] * rows)
+
+
+def per_sample_grads(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+                     loss: _losses.LossLike) -> tuple:
+    """The gradient of each sample's own loss (not divided by N), params-shaped with a
+    leading N axis on every leaf: one column per sample, N δₙ, pulled back."""
+    loss, z, states, _, dys = _first_order(net, params, x, y, loss)
+    c = (z.shape[0] * loss.grad(z, y))[:, None]
+    found = {}
+    _push(tuple(net), params, states, dys, c, jnp.ones(c.shape[:2], z.dtype),
+          lambda path, layer, p, state, dy, g, w: found.__setitem__(
+              path, _map(lambda a: a[:, 0], g)), False)
+    return _rebuild(net, params, found,
+                    lambda p: _map(lambda a: jnp.zeros((z.shape[0],) + a.shape, a.dtype), p))
+
+
+# --- second order by the R-op ------------------------------------------------------------
+
+def _check_v(params, v):
+    ps, vs = leaves(params), leaves(v)
+    if len(ps) != len(vs) or any(np.shape(a) != np.shape(b) or
+                                 jnp.result_type(a) != jnp.result_type(b)
+                                 for a, b in zip(ps, vs, strict=False)):
+        raise ValueError(f"v must have the structure, shapes and dtypes of params, got "
+                         f"{describe(v)} for params {describe(params)}")
+
+
+def hvp(net: Net, params: Params, x: ArrayLike, y: ArrayLike, v: Params, *,
+        loss: _losses.LossLike) -> tuple:
+    """H v, params-shaped, by the hand-derived R-op (Pearlmutter): ẋ through every
+    layer's ``tangent`` (θ̇ = v), δ̇_top = ℓ''(z) ż / N, then every layer's
+    ``backward_tangent``. Arguments as ``hessian_diagonal``; v params-shaped."""
+    _check_v(params, v)
+    loss, z, states, _, dys = _first_order(net, params, x, y, loss)
+    zdot, xdots = stack_tangent(tuple(net), params, states, jnp.zeros_like(x), v)
+    dydot = loss.hessian_vp(z, y, zdot) / z.shape[0]
+    return stack_backward_tangent(tuple(net), params, states, dys, xdots, v, dydot)[1]
+
+
+def hessian(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
+            loss: _losses.LossLike) -> Array:
+    """The exact Hessian (P, P) in ravel_pytree order: ``hvp`` along each unit vector
+    (H is symmetric, so its rows are its columns). Arguments as ``hessian_diagonal``."""
+    check(net, params, x)
+    size = sum(int(np.size(a)) for a in leaves(params))
+    dtype = jnp.result_type(x)
+
+    def row(j):
+        e = (jnp.arange(size) == j).astype(dtype)
+        return jnp.concatenate([a.ravel() for a in leaves(
+            hvp(net, params, x, y, _unravel(params, e), loss=loss))])
+
+    return lax.map(row, jnp.arange(size), batch_size=min(size, 64))
