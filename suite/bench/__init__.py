@@ -27,7 +27,7 @@ import jax
 import pandas as pd
 
 from suite import compare as cmp
-from suite.bench import bptt, stagewise
+from suite.bench import bptt, network, stagewise
 from suite.cases import Case
 from suite.cases import cases as registered_cases
 from suite.results import Outcome, Results, Row, Status, StudyResult
@@ -37,8 +37,9 @@ from suite.timing import block, compile_timed, time_interleaved
 __all__ = ["EXTRAS", "bench_case", "bench_row", "run_bench", "run_bench_results"]
 
 # family -> extra(device=..., echo=...) printed after the common table
-EXTRAS: dict[str, Callable[..., None]] = {"stagewise": stagewise.extra,
-                                          "rnn": bptt.rnn_extra, "lstm": bptt.lstm_extra}
+EXTRAS: dict[str, Callable[..., object]] = {"stagewise": stagewise.extra,
+                                            "network": network.extra,
+                                            "rnn": bptt.rnn_extra, "lstm": bptt.lstm_extra}
 
 
 def bench_case(case: Case, dtype: str, *, device: jax.Device, budget_s: float) -> dict:
