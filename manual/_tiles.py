@@ -63,22 +63,26 @@ class Tiling:
       even on the same shapes.
     small: a strip (or diagonal block) of at most this many entries is one step.
     bands: column bands per diagonal block.
+    unroll: loop steps per iteration of the fori_loop. The tiles of one iteration are
+      independent products (only their writes into the buffer are ordered), which XLA's
+      CPU runtime may run on different cores at once.
     """
 
     def __init__(self, *, stack: int = 1, tile_columns: int = 8, small: int = 2**18,
-                 bands: int = 4) -> None:
+                 bands: int = 4, unroll: int = 1) -> None:
         self.stack, self.tile_columns, self.small, self.bands = stack, tile_columns, small, bands
+        self.unroll = unroll
+
+    def fields(self) -> dict:
+        return dict(stack=self.stack, tile_columns=self.tile_columns, small=self.small,
+                    bands=self.bands, unroll=self.unroll)
 
     def replace(self, **changes: int) -> "Tiling":
         """A copy with some fields changed."""
-        fields = dict(stack=self.stack, tile_columns=self.tile_columns, small=self.small,
-                      bands=self.bands)
-        fields.update(changes)
-        return Tiling(**fields)
+        return Tiling(**dict(self.fields(), **changes))
 
     def __repr__(self) -> str:
-        return (f"Tiling(stack={self.stack}, tile_columns={self.tile_columns}, "
-                f"small={self.small}, bands={self.bands})")
+        return "Tiling(" + ", ".join(f"{k}={v}" for k, v in self.fields().items()) + ")"
 
 
 DEFAULT = Tiling()
@@ -139,7 +143,8 @@ def strip(buf, job, tile, *, width_l, width_m, scaled, accumulate, tiling):
     if full == 1:
         buf = body(buf, lo, width)
     elif full > 1:
-        buf = lax.fori_loop(0, full, lambda t, b: body(b, lo + t * width, width), buf)
+        buf = lax.fori_loop(0, full, lambda t, b: body(b, lo + t * width, width), buf,
+                            unroll=min(tiling.unroll, full))
     if rest:
         buf = body(buf, lo + full * width, rest)
     return buf
