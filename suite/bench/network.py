@@ -143,7 +143,8 @@ def _checks(outputs):
             if name in outputs}
 
 
-def measure(label: str, *, device=None, budget_s: float = 5.0, big_repeats: int = 3) -> list:
+def measure(label: str, *, device=None, budget_s: float = 5.0, big_repeats: int = 3,
+            echo=print) -> list:
     """The rows of one shape: each (function, baseline) pair with both medians (s), the
     ratio manual / baseline, the issue's target and whether it is met. The expensive set
     runs ``big_repeats`` rounds (each of its programs runs once more to be checked and
@@ -161,6 +162,9 @@ def measure(label: str, *, device=None, budget_s: float = 5.0, big_repeats: int 
     for name, fn in fns.items():
         compiled[name], compile_s[name] = compile_timed(fn, data)
     checks = _checks({name: block(compiled[name](data)) for name in compiled})
+    echo(f"  ({label}, P = {p_count}: compiled and checked: " + ", ".join(
+        f"{name} {'PASS' if c.passed else 'FAIL'} {c.worst.normwise:.1e}"
+        for name, c in checks.items()) + ")")
     big, _ = time_interleaved([compiled[k] for k in big_names], data, repeats=big_repeats)
     small, samples = time_interleaved([compiled[k] for k in SMALL], data, budget_s=budget_s,
                                       min_repeats=20, max_repeats=2000)
@@ -196,7 +200,8 @@ def _line(r):
             f"{r['speed_up']:>8.1f}x  {check:<14} {target}")
 
 
-def extra(*, device, echo=print, labels=tuple(SHAPES), budget_s: float = 5.0) -> list:
+def extra(*, device, echo=print, labels=tuple(SHAPES), budget_s: float = 5.0,
+          big_repeats: int = 3) -> list:
     """Print the rows of every shape; return them (seconds)."""
     echo("manual.network against autodiff of the same forward (float64, softmax CE, "
          "10 classes; medians of interleaved rounds, ms):")
@@ -204,7 +209,8 @@ def extra(*, device, echo=print, labels=tuple(SHAPES), budget_s: float = 5.0) ->
          f"{'baseline':>10} {'ratio':>8} {'speed-up':>9}  {'check':<14} target")
     rows = []
     for label in labels:
-        for r in measure(label, device=device, budget_s=budget_s):
+        for r in measure(label, device=device, budget_s=budget_s, big_repeats=big_repeats,
+                         echo=echo):
             echo(_line(r))
             rows.append(r)
     missed = [r for r in rows if r["met"] is False]
