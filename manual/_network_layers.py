@@ -800,11 +800,12 @@ class Residual(Layer):
         dx, dp = stack_backward_tangent(self.layers, p, states, dy_inner, xdots, pdot, dydot)
         return dydot + dx, dp
 
-    def join_columns(self, skip, branch):
-        """The columns at x from the skip (K) and from f (K + the inner layers' own):
-        the first K summed (one column, two paths: the cross terms), the rest after."""
+    def join_columns(self, skip, branch, w_skip, w_branch):
+        """The columns at x and their weights, from the skip (K columns, the ones that
+        entered) and from f (those K, then the inner layers' own): the first K summed
+        (one column, two paths: the cross terms), the rest after; f's weights."""
         k = skip.shape[1]
-        return jnp.concatenate([skip + branch[:, :k], branch[:, k:]], axis=1)
+        return jnp.concatenate([skip + branch[:, :k], branch[:, k:]], axis=1), w_branch
 
 
 def stack_check(layers: tuple, params: tuple, shape: tuple, dtype, prefix: str = "") -> tuple:

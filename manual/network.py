@@ -79,7 +79,7 @@ Example::
     >>> y = jnp.array([0, 1, 1, 0])
     >>> d = network.hessian_diagonal(net, params, x, y, loss="softmax_cross_entropy")
     >>> [leaf.shape for layer in d for leaf in layer]
-    [(3, 5), (5,), (2, 5) ...
+    [(3, 5), (5,), (5, 2), (2,)]
 """
 
 import jax.numpy as jnp
@@ -259,7 +259,7 @@ def _push(layers, params, states, dys, c, w, visit, exact, path=(), top=True):
             inner_dys = stack_backward(layer.layers, p, state, dy)[2]
             branch, w_branch = _push(layer.layers, p, state, inner_dys, c, w, visit, exact,
                                      path + (i,), top=False)
-            c, w = layer.join_columns(c, branch), w_branch
+            c, w = layer.join_columns(c, branch, w, w_branch)
         else:
             c_in, g = layer.pullback(p, state, c)
             if layer.has_params:

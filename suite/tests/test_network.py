@@ -8,6 +8,8 @@ as a network must give what manual.stagewise gives. Planted bugs (layers subclas
 one rule broken) must FAIL the same comparison.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from manual import network as nw
+from manual import stagewise
 
 TOL = 1e-12  # float64 normwise: each side is a few hundred roundings of O(1) numbers
 
@@ -95,6 +98,13 @@ def _randomised(params, key, scale=0.3):
     return unravel(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
 
 
+@functools.cache
+def _oracle_hessian(name):
+    net, params, x, y, loss = CASES[name]()
+    flat, unravel = ravel_pytree(params)
+    return np.asarray(jax.hessian(lambda f: plain_loss(net, unravel(f), x, y, loss))(flat))
+
+
 def _case(net, x_shape, sizes, loss, m, seed):
     k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
     x = jax.random.normal(k1, x_shape, jnp.float64)
@@ -105,16 +115,19 @@ def _case(net, x_shape, sizes, loss, m, seed):
     return net, params, x, y, loss
 
 
+@functools.cache
 def mlp():
     net = (nw.Linear(), nw.Act("tanh"), nw.Linear(), nw.Act("sigmoid"), nw.Linear())
     return _case(net, (6, 4), (5, None, 4, None, 3), "softmax_cross_entropy", 3, 0)
 
 
+@functools.cache
 def mlp_layernorm():
     net = (nw.Linear(), nw.LayerNorm(), nw.Act("tanh"), nw.Linear())
     return _case(net, (5, 3), (6, None, None, 2), "mse", 2, 1)
 
 
+@functools.cache
 def cnn():
     net = (nw.Conv2d(padding=1), nw.Act("relu"), nw.MaxPool2d(2), nw.Conv2d(padding=1),
            nw.Act("tanh"), nw.AvgPool2d(2), nw.Flatten(), nw.Linear())
@@ -122,6 +135,7 @@ def cnn():
                  "softmax_cross_entropy", 3, 2)
 
 
+@functools.cache
 def conv_options():
     net = (nw.Conv2d(stride=2, padding=1, dilation=1, groups=2), nw.Act("softplus"),
            nw.Conv2d(dilation=2, groups=1), nw.Act("gelu"), nw.MaxPool2d(2, stride=1),
@@ -130,6 +144,7 @@ def conv_options():
                  "softmax_cross_entropy", 2, 3)
 
 
+@functools.cache
 def resnet():
     net = (nw.Conv2d(padding=1), nw.Act("relu"),
            nw.Residual(nw.Conv2d(padding=1), nw.Act("softplus"), nw.Conv2d(padding=1)),
@@ -146,10 +161,12 @@ def _transformer(causal, loss, seed):
                  seed)
 
 
+@functools.cache
 def transformer_causal():
     return _transformer(True, "softmax_cross_entropy", 5)
 
 
+@functools.cache
 def transformer():
     return _transformer(False, "mse", 6)
 
@@ -167,17 +184,35 @@ def _flat(tree):
     return ravel_pytree(tree)[0]
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+# make test runs the CNN (conv, relu, max and average pooling, tanh) and the causal
+# pre-LN transformer block (layer norm, attention, gelu, residuals); the rest are slow
+FAST = ("cnn", "transformer_causal")
+
+
+@pytest.fixture(scope="module", params=[
+    name if name in FAST else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(CASES)])
 def case(request):
-    net, params, x, y, loss = CASES[request.param]()
-    flat, unravel = ravel_pytree(params)
-    h = jax.hessian(lambda f: plain_loss(net, unravel(f), x, y, loss))(flat)
-    return request.param, (net, params, x, y, loss), np.asarray(h)
+    return request.param, CASES[request.param](), _oracle_hessian(request.param)
 
 
-def _check_all(args, h, manual=nw):
+@functools.cache
+def _jit(name):
+    static = () if name == "forward" else ("loss",)
+    return jax.jit(getattr(nw, name), static_argnums=0, static_argnames=static)
+
+
+class _Jitted:
+    """manual.network's functions under jax.jit (net and loss static)."""
+
+    def __getattr__(self, name):
+        return _jit(name)
+
+
+def _check_all(args, h):
     """Every function's normwise error against its autodiff oracle."""
     net, params, x, y, loss = args
+    manual = _Jitted()
     flat, unravel = ravel_pytree(params)
     errors = {}
     e = plain_loss(net, params, x, y, loss)
@@ -237,3 +272,130 @@ def test_every_function_matches_autodiff(case):
     errors = _check_all(args, h)
     bad = {k: v for k, v in errors.items() if not v <= TOL}
     assert not bad, f"{name}: {bad}"
+
+
+# --- an MLP written as a network is manual.stagewise ------------------------------------
+
+def test_mlp_as_network_is_stagewise():
+    net, params, x, y, loss = mlp()
+    pairs = tuple(p for p in params if p)
+    activation = ["tanh", "sigmoid"]
+    manual = _Jitted()
+    for mine, theirs in (
+            (manual.hessian(net, params, x, y, loss=loss),
+             stagewise.hessian(pairs, x, y, activation=activation, loss=loss)),
+            (_flat(manual.hessian_diagonal(net, params, x, y, loss=loss)),
+             _flat(stagewise.hessian_diagonal(pairs, x, y, activation=activation, loss=loss))),
+            (jnp.concatenate([b.ravel() for b in manual.hessian_blocks(net, params, x, y,
+                                                                       loss=loss)]),
+             jnp.concatenate([b.ravel() for b in stagewise.hessian_blocks(
+                 pairs, x, y, activation=activation, loss=loss)]))):
+        assert mine.shape == theirs.shape
+        assert normwise(mine, theirs) <= TOL
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda p: p[:-1], "one entry per layer"),
+    (lambda p: (p[0], p[1], ((p[2][0][0][:, :1], p[2][0][1]), (), p[2][2])) + p[3:],
+     r"layer 2\.0: .*Conv2d"),
+    (lambda p: p[:5] + ((p[5][0][:-1], p[5][1]),), r"layer 5: Linear expects w"),
+    (lambda p: (p[0], (p[0][1],)) + p[2:], r"layer 1: Act has no parameters"),
+    (lambda p: p[:5] + ((p[5][0].astype(jnp.float32), p[5][1]),), r"layer 5: w .*dtype"),
+])
+def test_bad_params_name_the_layer(mutate, match):
+    net, params, x, y, loss = resnet()
+    with pytest.raises(ValueError, match=match):
+        nw.hessian_diagonal(net, mutate(params), x, y, loss=loss)
+
+
+def test_bad_attention_and_layernorm_params_name_the_layer():
+    net, params, x, y, loss = transformer_causal()
+    attn = dict(params[0][1])
+    del attn["w_q"]
+    with pytest.raises(ValueError, match=r"layer 0\.1: SelfAttention params must be a dict"):
+        nw.grad(net, ((params[0][0], attn),) + params[1:], x, y, loss=loss)
+    ln = (params[2][0][:-1], params[2][1])
+    with pytest.raises(ValueError, match=r"layer 2: LayerNorm gamma must have shape"):
+        nw.forward(net, params[:2] + (ln,) + params[3:], x)
+
+
+def test_bad_net_x_and_v():
+    net, params, x, y, loss = mlp()
+    with pytest.raises(ValueError, match="net must be"):
+        nw.forward([], params, x)
+    with pytest.raises(ValueError, match="x must be a floating-point batch"):
+        nw.forward(net, params, x.astype(jnp.int32))
+    with pytest.raises(ValueError, match="logits"):
+        nw.forward(net[:1], params[:1], x[:, :, None].repeat(4, axis=2))
+    with pytest.raises(ValueError, match="v must have the structure"):
+        nw.hvp(net, params, x, y, params[:-1], loss=loss)
+
+
+# --- planted bugs: one rule broken, the comparison FAILs ---------------------------------
+
+class _NoCurvatureAct(nw.Act):
+    """f'' dropped: the diagonal δ ⊙ f''(z) term of Ω_z is missing."""
+
+    def second_order(self, p, state, dy):
+        return None
+
+
+class _TransposedConv(nw.Conv2d):
+    """The input gradient with the kernel not flipped: a transposed conv rule."""
+
+    def pullback(self, p, x, c):
+        w, b = p
+        cx, g = super().pullback((w[:, :, ::-1, ::-1], b), x, c)
+        return cx, super().pullback(p, x, c)[1]
+
+
+class _NoCrossResidual(nw.Residual):
+    """The two branches' columns kept apart: Ω_x = Ω_y + J_fᵀ Ω_y J_f, no cross term."""
+
+    def join_columns(self, skip, branch, w_skip, w_branch):
+        return (jnp.concatenate([skip, branch], axis=1),
+                jnp.concatenate([w_skip, w_branch], axis=1))
+
+
+class _NoRowTermLayerNorm(nw.LayerNorm):
+    """The layer norm's dense per-row second-order term dropped."""
+
+    def second_order(self, p, state, dy):
+        return None
+
+
+def _swap(net, old, new):
+    out = []
+    for layer in net:
+        if isinstance(layer, nw.Residual):
+            inner = _swap(layer.layers, old, new)
+            cls = new if old is nw.Residual else type(layer)
+            out.append(cls(*inner))
+        elif type(layer) is old:
+            out.append(_rebuilt(layer, new))
+        else:
+            out.append(layer)
+    return tuple(out)
+
+
+def _rebuilt(layer, cls):
+    planted = cls.__new__(cls)
+    planted.__dict__.update(layer.__dict__)
+    return planted
+
+
+@pytest.mark.parametrize("maker, old, new", [
+    (cnn, nw.Act, _NoCurvatureAct),
+    (cnn, nw.Conv2d, _TransposedConv),
+    (resnet, nw.Residual, _NoCrossResidual),
+    (transformer_causal, nw.LayerNorm, _NoRowTermLayerNorm),
+])
+def test_planted_bug_fails(maker, old, new):
+    net, params, x, y, loss = maker()
+    h = np.diag(_oracle_hessian(maker.__name__))
+    fn = _jit("hessian_diagonal")
+    assert normwise(_flat(fn(net, params, x, y, loss=loss)), h) <= TOL
+    planted = _swap(net, old, new)
+    assert normwise(_flat(fn(planted, params, x, y, loss=loss)), h) > 1e-6
