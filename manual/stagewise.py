@@ -81,14 +81,13 @@ The cross term A_lm[k, j] δ_m[q] is a product of its own: for adjacent layers
 (A_{m-1,m} = D_{m-1}) it lives on the rows (i, k = j) alone, Σₙ â_{l-1}[n, i] f'[n, j] δ_m[n, q];
 further apart (A dense) that tile's chunk of Γ is formed (N n_l n_m numbers). The tile
 goes to its place in the one (P, P) buffer, and for l < m its transpose to the mirrored
-place, so every off-diagonal pair is exactly transposed and nothing is computed twice. A
-diagonal block is done in B bands of columns, each band down to its own last row only,
-the part of the band above its first row mirrored: (B + 1) / 2B of its products. The
-tiles run in a lax.fori_loop per (l, m) pair and band, each a dynamic-update-slice in
-place: no (P, P) temporary, no zero-filled intermediate, no full transpose. A diagonal
-block is symmetric to rounding only (Ω_l is); symmetrising it would cost a pass over half
-the matrix for no accuracy. Flops: 2 N [Σ_{l<m} P_l P_m + Σ_l (B+1)/2B P_l²], about
-0.55-0.6 of the 2 N P² of all entries for two equal hidden layers.
+place, so every off-diagonal pair is exactly transposed and nothing is computed twice; a
+diagonal block is done in B column bands, each down to its own last row, the rest
+mirrored: (B + 1) / 2B of its products. The bookkeeping (loops of tiles written in place,
+bands, mirrors, sample chunks) is manual/_tiles.py. A diagonal block is symmetric to
+rounding only (Ω_l is); symmetrising it would cost a pass over half the matrix for no
+accuracy. Flops: 2 N [Σ_{l<m} P_l P_m + Σ_l (B+1)/2B P_l²], about 0.55-0.6 of the
+2 N P² of all entries for two equal hidden layers.
 
 Rows. ``hessian_rows(start, stop)`` is the same tiles restricted to the rows of θ in
 [start, stop): blocks to the right (m >= l) by product with those rows of â_{l-1}ᵀ,
@@ -141,31 +140,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from manual import _tiles
 from manual import activations as _activations
 from manual import losses as _losses
 from manual import mlp as _mlp
 from manual.types import Array, ArrayLike
 
-__all__ = ["CHUNK_BYTES", "curvature", "gauss_newton", "gauss_newton_diagonal", "hessian",
+__all__ = ["CHUNK_BYTES", "TILING", "curvature", "gauss_newton", "gauss_newton_diagonal", "hessian",
            "hessian_blocks", "hessian_diagonal", "hessian_matvec", "hessian_rows", "hvp",
            "layout"]
 
 # Bound on one sample chunk's costates (bytes); beyond it, samples are chunked.
-CHUNK_BYTES = 256 * 2**20
-# A loop step covers STACK input rows j of Ŵ_m where the tiles need no Γ (diagonal blocks,
-# adjacent layers, Gauss-Newton): one product whose left operand stacks STACK scaled
-# copies of â_{l-1}ᵀ. Measured on the bench shapes (tanh, N = 64, P = 970 / 3050 / 10230,
-# CPU time, interleaved medians) 1, 2 and 4 are equal within the noise of this machine and
-# 8 is slower; 1 keeps the smallest tiles in cache. Elsewhere (a chunk of Γ is formed) a
-# step covers max(1, TILE_COLUMNS // n_m) rows: one row beat ~96 columns by 30% / 16% /
-# even on the same shapes (before the scaled tiles, which need no Γ at all).
-STACK = 1
-TILE_COLUMNS = 8
-# A strip (or diagonal block) of at most SMALL entries is one step, without a loop or
-# bands: small nets compile as fast as a single product.
-SMALL = 2**18
-# Bands per diagonal block (see the module doc): (B + 1) / 2B of its products.
-BANDS = 4
+CHUNK_BYTES = _tiles.CHUNK_BYTES
+# How the matrix is cut into tiles (manual/_tiles.py; read at each call, so a test may
+# replace it).
+TILING = _tiles.DEFAULT
 
 Params = _mlp.Params
 ActivationArg = _mlp.ActivationArg
@@ -367,22 +356,19 @@ class _Pair:
         self.delta_m, self.df_t = delta_m, df_t
 
 
-def _tiles(pair, j0, width):
-    """[(tile, jj)]: Σₙ â_{l-1}[n, rows]ᵀ Γ_lm[n, :, j, :] for j = j0 .. j0 + width - 1, the
-    tile of row j0 + jj at offset jj (in input rows j) from j0."""
-    if pair.a_lm is None:
-        return _tiles_scaled(pair, j0, width)
+def _tile_gamma(pair, j0, width):
+    """Σₙ â_{l-1}[n, rows]ᵀ Γ_lm[n, :, j, :] for the input rows j = j0 .. j0 + width - 1
+    of Ŵ_m, with that chunk of Γ_lm = â_{m-1} ⊗ Y_lm + A_lm ⊗ δ_m formed."""
     a_c = lax.dynamic_slice_in_dim(pair.a_t_m, j0, width, axis=0).T          # â_{m-1}
     gamma = a_c[:, None, :, None] * pair.y_lm[:, :, None, :]                 # â ⊗ Y_lm
     # + A_lm ⊗ δ_m (A_lm has a zero bias column)
     a_part = lax.dynamic_slice_in_dim(pair.a_lm, j0, width, axis=2)
     gamma = gamma + a_part[:, :, :, None] * pair.delta_m[:, None, None, :]
     n, k, j, q = gamma.shape
-    return [((pair.a_t @ gamma.reshape(n, k * j * q)).reshape(pair.a_t.shape[0] * k, j * q),
-             0)]
+    return (pair.a_t @ gamma.reshape(n, k * j * q)).reshape(pair.a_t.shape[0] * k, j * q)
 
 
-def _tiles_scaled(pair, j0, width):
+def _tile_scaled(pair, j0, width):
     """``width`` input rows j of Ŵ_m without forming Γ: the â_{m-1}[j] factor scales the
     small left operand instead of Y_lm, Σₙ (â_{l-1}[n, i] â_{m-1}[n, j]) Y_lm[n, k, q], one
     product for all of them (the left operands stacked), and Y_lm is read as it is (it
@@ -403,79 +389,14 @@ def _tiles_scaled(pair, j0, width):
         cross = cross * (js < k).astype(cross.dtype)[:, None, None]
         out = out.at[jnp.arange(width), :, jc, :].add(cross)
     # (c, i, k, q) -> rows (i, k), columns (j, q): a transpose in cache (none for c = 1)
-    return [(out.transpose(1, 2, 0, 3).reshape(rows * k, width * q), 0)]
-
-
-def _transposed(a_hat):
-    """âᵀ materialised row-major behind an optimisation barrier.
-
-    Left to itself XLA folds the transpose into the product's dimension numbers, and on
-    CPU that product (a short contraction over N, a wide output) then runs at about 60%
-    of the speed of the plain (I, N) @ (N, K J Q) it becomes with a row-major âᵀ.
-    """
-    return lax.optimization_barrier(a_hat.T)
-
-
-def _chunk_width(n_out, scaled, rows=None, n_cols=None):
-    """Input rows j of Ŵ_m per loop step: STACK for the scaled tiles (one product for all),
-    else about TILE_COLUMNS columns (one chunk of Γ); all of them at once (no loop at all)
-    when the whole strip, ``rows`` x ``n_cols`` input rows of n_m columns, is SMALL."""
-    if rows is not None and rows * n_cols * n_out <= SMALL:
-        return n_cols
-    return STACK if scaled else max(1, TILE_COLUMNS // n_out)
-
-
-def _put(buf, block, row, col, accumulate):
-    """Write (or add) ``block`` into ``buf`` at (row, col), in place."""
-    if accumulate:
-        block = block + lax.dynamic_slice(buf, (row, col), block.shape)
-    return lax.dynamic_update_slice(buf, block, (row, col))
-
-
-class _Job:
-    """Tiles of H_lm (l <= m): rows i in [rows) of Ŵ_l, columns j in [cols) of Ŵ_m, into
-    buffer ``buf``.
-
-    The tile of columns j0.. goes to ``direct`` (row, col of the first tile) shifted right
-    by (j0 - cols[0]) n_m, and its first ``mirror_rows`` i-rows (None: all), transposed, to
-    ``mirror`` shifted down by as much; either may be None (not written).
-    """
-
-    def __init__(self, buf, l, m, rows, cols, direct, mirror, mirror_rows=None):
-        self.buf, self.l, self.m, self.rows, self.cols = buf, l, m, rows, cols
-        self.direct, self.mirror, self.mirror_rows = direct, mirror, mirror_rows
-
-
-def _strip(buf, job, pair, k_l, accumulate):
-    """Every tile of ``job`` into ``buf``: a fori_loop over chunks of j, then the rest."""
-    n_out = pair.delta_m.shape[1]
-    lo, hi = job.cols
-    width = _chunk_width(n_out, pair.a_lm is None, pair.a_t.shape[0] * k_l, hi - lo)
-
-    def body(buf, j0, w):
-        for tile, jj in _tiles(pair, j0, w):
-            shift = (j0 + jj - lo) * n_out
-            if job.direct is not None:
-                buf = _put(buf, tile, job.direct[0], job.direct[1] + shift, accumulate)
-            if job.mirror is not None and job.mirror_rows != 0:  # H_ml = H_lmᵀ
-                mirror = tile if job.mirror_rows is None else tile[:job.mirror_rows * k_l]
-                buf = _put(buf, mirror.T, job.mirror[0] + shift, job.mirror[1], accumulate)
-        return buf
-
-    full, rest = divmod(hi - lo, width)
-    if full == 1:
-        buf = body(buf, lo, width)
-    elif full > 1:
-        buf = lax.fori_loop(0, full, lambda t, b: body(b, lo + t * width, width), buf)
-    if rest:
-        buf = body(buf, lo + full * width, rest)
-    return buf
+    return out.transpose(1, 2, 0, 3).reshape(rows * k, width * q)
 
 
 def _assemble(bufs, net, cs, jobs, *, cross, accumulate):
     """Run every job, one column layer m at a time (its Y_lm, A_lm live only meanwhile)."""
-    a_t = [_transposed(a) for a in cs.a_hat]
+    a_t = [_tiles.transposed(a) for a in cs.a_hat]
     bufs = list(bufs)
+    tiling = TILING
     for m in sorted({job.m for job in jobs}):
         y_all, a_all = _mixed(net, cs, m, cross=cross)
         for job in (job for job in jobs if job.m == m):
@@ -484,47 +405,21 @@ def _assemble(bufs, net, cs, jobs, *, cross, accumulate):
             pair = _Pair(a_t[l][job.rows[0]:job.rows[1]], a_t[m], y_all[l],
                          None if adjacent else a_all[l], cs.delta[m],
                          cs.df[m - 1].T if adjacent else None)
-            bufs[job.buf] = _strip(bufs[job.buf], job, pair, net.w[l].shape[1], accumulate)
+            scaled = pair.a_lm is None
+
+            def tile(j0, width, pair=pair, scaled=scaled):
+                return (_tile_scaled if scaled else _tile_gamma)(pair, j0, width)
+
+            bufs[job.buf] = _tiles.strip(bufs[job.buf], job, tile, width_l=net.w[l].shape[1],
+                                         width_m=net.w[m].shape[1], scaled=scaled,
+                                         accumulate=accumulate, tiling=tiling)
     return tuple(bufs)
 
 
-def _bands(n_rows, width):
-    """Column bands [e_b, e_{b+1}) of a diagonal block, on multiples of ``width``."""
-    steps = -(-n_rows // width)
-    edges = sorted({min(n_rows, round(b * steps / BANDS) * width) for b in range(BANDS + 1)})
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
 def _block_jobs(buf, l, m, widths, row, col):
-    """Jobs for the whole block H_lm at (row, col) and, for l < m, H_ml mirrored.
-
-    A diagonal block goes in bands of columns, each down to its own last row; the rows
-    above the band are mirrored into the band's rows (module doc). A SMALL one is one step.
-    """
-    n_in, n_out = widths[m] + 1, widths[m + 1]
-    if l < m:
-        return [_Job(buf, l, m, (0, widths[l] + 1), (0, n_in), (row, col), (col, row))]
-    if (n_in * n_out) ** 2 <= SMALL:
-        return [_Job(buf, m, m, (0, n_in), (0, n_in), (row, col), None)]
-    return [_Job(buf, m, m, (0, e1), (e0, e1), (row, col + e0 * n_out),
-                 (row + e0 * n_out, col), mirror_rows=e0)
-            for e0, e1 in _bands(n_in, _chunk_width(n_out, True))]
-
-
-def _chunks(n, per_sample_bytes, chunk_bytes):
-    """(number of chunks, samples per chunk) keeping one chunk's costates under chunk_bytes."""
-    if chunk_bytes is None or n * per_sample_bytes <= chunk_bytes:
-        return 1, n
-    per_chunk = max(1, int(chunk_bytes // per_sample_bytes))
-    count = -(-n // per_chunk)
-    return count, -(-n // count)
-
-
-def _pad_split(arr, count, size):
-    """(N, ...) -> (count, size, ...), zero-padded at the end."""
-    pad = count * size - arr.shape[0]
-    arr = jnp.concatenate([arr, jnp.zeros((pad,) + arr.shape[1:], arr.dtype)], axis=0)
-    return arr.reshape((count, size) + arr.shape[1:])
+    """The jobs of block H_lm (and H_ml mirrored): Ŵ_l is n_{l-1} + 1 input rows of n_l."""
+    return _tiles.block_jobs(buf, l, m, widths[l] + 1, widths[m] + 1, widths[l + 1],
+                             widths[m + 1], row, col, TILING)
 
 
 def _per_sample_numbers(widths, jobs):
@@ -542,29 +437,25 @@ def _run(params, x, y, *, activation, loss, f2, cross, shapes, jobs, chunk_bytes
     dtype = jnp.result_type(x)
     widths = [x.shape[1]] + [w.shape[1] for w in net.w]
     per_sample = _per_sample_numbers(widths, jobs) * dtype.itemsize
-    count, size = _chunks(x.shape[0], per_sample, chunk_bytes)
+    count, size = _tiles.chunks(x.shape[0], per_sample, chunk_bytes)
 
     def assemble(bufs, net, accumulate):
         return _assemble(bufs, net, _costates(net, f2=f2), jobs, cross=cross,
                          accumulate=accumulate)
 
     if count == 1:
-        # every entry is written by a tile or its mirror: lax.empty is a zero fill on CPU
-        # and an uninitialised allocation on GPU and TPU
-        return assemble([lax.empty(shape, dtype) for shape in shapes], net, accumulate=False)
+        return assemble(_tiles.empty(shapes, dtype), net, accumulate=False)
 
-    def body(acc, chunk):
+    def write(acc, chunk):
         a, z, d_top, o_top = chunk
-        return assemble(acc, net.chunk(a, z, d_top, o_top), accumulate=True), None
+        return assemble(acc, net.chunk(a, z, d_top, o_top), accumulate=True)
 
     def split(t):
-        return _pad_split(t, count, size)
+        return _tiles.pad_split(t, count, size)
 
     chunked = ([split(t) for t in net.a], [split(t) for t in net.z], split(net.delta_top),
                split(net.omega_top))
-    zeros = tuple(jnp.zeros(shape, dtype) for shape in shapes)
-    return lax.scan(body, zeros, chunked)[0]
-
+    return _tiles.accumulate_chunks(write, shapes, dtype, chunked)
 
 def _weight_rows(params, offsets):
     """Indices (in ravel order) of every weight coordinate (biases excluded)."""
@@ -753,10 +644,10 @@ def hessian_rows(params: Params, x: ArrayLike, y: ArrayLike, start: int, stop: i
             at = off + i_lo * k - origin   # this span's first row in the buffer
             for m in range(len(sizes)):
                 if m >= l:  # H_lm by product, those rows only
-                    jobs.append(_Job(buf, l, m, (i_lo, i_hi), (0, widths[m] + 1),
+                    jobs.append(_tiles.Job(buf, l, m, (i_lo, i_hi), (0, widths[m] + 1),
                                      (at, offsets[m]), None))
                 else:       # H_lm = H_mlᵀ: tiles of H_ml over those columns, transposed
-                    jobs.append(_Job(buf, m, l, (0, widths[m] + 1), (i_lo, i_hi), None,
+                    jobs.append(_tiles.Job(buf, m, l, (0, widths[m] + 1), (i_lo, i_hi), None,
                                      (at, offsets[m])))
         return jobs
 

@@ -26,7 +26,7 @@ import jax
 from suite import cases as registry
 from suite import checkfile
 from suite import studies as study_registry
-from suite.bench import run_bench
+from suite.bench import run_bench_results
 from suite.check import CheckResult
 from suite.config import configure, default_compile_cache, use_compile_cache
 from suite.learn import cli as learn_cli
@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds of timing per case (default 3)")
     ben.add_argument("--no-extras", action="store_true",
                      help="skip the extra measurements (machine floor, memory, largest P)")
+    ben.add_argument("--out", default=None,
+                     help="also write the table as report.md, results.csv and results.json "
+                          "in this folder (the report writer's files)")
 
     chk = sub.add_parser("check", help="run the checks a Python file declares (check_vjp and "
                                        "friends, or suite.cases.Case objects)")
@@ -181,8 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         if args.command == "bench":
-            run_bench(family=args.family, dtypes=args.dtype, device=resolve_device(args.device),
-                      budget_s=args.budget, extras=not args.no_extras)
+            results = run_bench_results(family=args.family, dtypes=args.dtype,
+                                        device=resolve_device(args.device),
+                                        budget_s=args.budget, extras=not args.no_extras)
+            if args.out:
+                paths = write_report(results, args.out, title="backprop-suite bench")
+                print(f"wrote {', '.join(paths.values())}")
             return 0
     except ValueError as err:  # bad input found after parsing (an absent device, say)
         print(f"backprop-suite: error: {err}", file=sys.stderr)

@@ -8,28 +8,38 @@ running; the ratio manual/autodiff is what to quote.
 
 Measurements that do not fit the common table (the stagewise Hessian's machine floor,
 memory and largest P) are extras: one module of this package each, listed in ``EXTRAS``
-by the family they belong to.
+by the family they belong to. An extra prints its lines through ``echo`` and may return
+the rows of its table (a list of dicts).
+
+``run_bench_results`` gives the same measurements as ``suite.results.Results`` for the one
+report writer (``backprop-suite bench --out DIR``: report.md, results.csv, results.json):
+each timed case is a ``Row`` (its check as the status, both medians, their ratio), each
+extra a ``StudyResult`` of its family whose section is the lines it printed and whose
+table is the rows it returned.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import jax
 import pandas as pd
 
 from suite import compare as cmp
-from suite.bench import bptt, stagewise
+from suite.bench import bptt, network, stagewise
 from suite.cases import Case
 from suite.cases import cases as registered_cases
-from suite.run import build_inputs, resolve_device
+from suite.results import Outcome, Results, Row, Status, StudyResult
+from suite.run import build_inputs, environment, resolve_device
 from suite.timing import block, compile_timed, time_interleaved
 
-__all__ = ["EXTRAS", "bench_case", "run_bench"]
+__all__ = ["EXTRAS", "bench_case", "bench_row", "run_bench", "run_bench_results"]
 
 # family -> extra(device=..., echo=...) printed after the common table
-EXTRAS: dict[str, Callable[..., None]] = {"stagewise": stagewise.extra,
-                                          "rnn": bptt.rnn_extra, "lstm": bptt.lstm_extra}
+EXTRAS: dict[str, Callable[..., object]] = {"stagewise": stagewise.extra,
+                                            "network": network.extra,
+                                            "rnn": bptt.rnn_extra, "lstm": bptt.lstm_extra}
 
 
 def bench_case(case: Case, dtype: str, *, device: jax.Device, budget_s: float) -> dict:
@@ -47,13 +57,54 @@ def bench_case(case: Case, dtype: str, *, device: jax.Device, budget_s: float) -
                 ratio=m / a)
 
 
-def run_bench(*, family: Iterable[str] | None = None, dtypes: Iterable[str] | None = None,
-              device: jax.Device | str | None = None, budget_s: float = 3.0,
-              extras: bool = True, echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Time every bench case; print a line per case as it completes; return a DataFrame."""
+def bench_row(row: dict, device: jax.Device) -> Row:
+    """A ``bench_case`` dict (or its ERROR dict) as a report ``Row``: the check is the status."""
+    if row["check"] == "ERROR":
+        return Row(case=row["case"], family=row["family"], dtype=row["dtype"],
+                   device=str(device), status=Status.ERROR, message=row["error"])
+    return Row(case=row["case"], family=row["family"], dtype=row["dtype"], device=str(device),
+               sizes=row["sizes"], status=Status(row["check"]), normwise=row["normwise"],
+               tol_normwise=cmp.tolerance(row["dtype"]).normwise,
+               compile_manual_s=row["compile_manual_s"],
+               compile_reference_s=row["compile_reference_s"],
+               run_manual_s=1e-3 * row["manual_ms"], run_reference_s=1e-3 * row["reference_ms"],
+               ratio=row["ratio"], message=f"medians of {row['rounds']} interleaved rounds")
+
+
+def _extra_result(name: str, extra: Callable[..., object], device: jax.Device,
+                  echo: Callable[[str], None]) -> StudyResult:
+    """Run one extra, echoing and keeping its lines; ERROR (not a crash) if it raises."""
+    lines: list[str] = []
+
+    def keep(line: str) -> None:
+        lines.append(line)
+        echo(line)
+
+    result = StudyResult(name="extras", family=name, title=f"{name}: extra measurements",
+                         status=Status.ERROR, render=lambda r, out_dir: "```\n" + "\n".join(
+                             r.outcome.data) + "\n```")
+    start = time.perf_counter()
+    try:
+        table = extra(device=device, echo=keep)
+        result.status = Status.PASS
+    except Exception as err:  # one broken extra must not hide the others
+        table = None
+        result.message = f"{type(err).__name__}: {err}".splitlines()[0]
+        echo(f"ERROR in the {name} extras: {result.message}")
+    result.seconds = time.perf_counter() - start
+    result.outcome = Outcome(table=list(table) if isinstance(table, list) else [], data=lines)
+    return result
+
+
+def run_bench_results(*, family: Iterable[str] | None = None,
+                      dtypes: Iterable[str] | None = None,
+                      device: jax.Device | str | None = None, budget_s: float = 3.0,
+                      extras: bool = True, echo: Callable[[str], None] = print) -> Results:
+    """Time every bench case and run the extras; print as it goes; return ``Results``."""
     device = resolve_device(device) if isinstance(device, (str, type(None))) else device
     family = None if family is None else tuple(family)
-    rows = []
+    dtypes = None if dtypes is None else tuple(dtypes)
+    rows, studies = [], []
     echo(f"{'case':<40} {'dtype':<8} {'check':<5} {'manual ms':>10} {'autodiff ms':>12} "
          f"{'ratio':>6}  rounds")
     with jax.default_device(device):
@@ -70,13 +121,24 @@ def run_bench(*, family: Iterable[str] | None = None, dtypes: Iterable[str] | No
                     row = dict(case=case.name, family=case.family, dtype=dtype, check="ERROR",
                                error=f"{type(err).__name__}: {err}".splitlines()[0])
                     echo(f"{case.name:<40} {dtype:<8} ERROR {row['error']}")
-                rows.append(row)
+                rows.append(bench_row(row, device))
         for name, extra in EXTRAS.items() if extras else ():
             if family is not None and name not in family:
                 continue
             echo(f"\n== {name}: extra measurements ==")
-            try:
-                extra(device=device, echo=echo)
-            except Exception as err:
-                echo(f"ERROR in the {name} extras: {type(err).__name__}: {err}")
-    return pd.DataFrame(rows)
+            studies.append(_extra_result(name, extra, device, echo))
+    env = environment(device)
+    env["selection"] = (f"bench: families {','.join(family) if family else 'all'}; dtypes "
+                        f"{','.join(dtypes) if dtypes else 'each case its own'}; budget "
+                        f"{budget_s:g} s per case; extras {'on' if extras else 'off'}")
+    return Results(rows=rows, studies=studies, environment=env)
+
+
+def run_bench(*, family: Iterable[str] | None = None, dtypes: Iterable[str] | None = None,
+              device: jax.Device | str | None = None, budget_s: float = 3.0,
+              extras: bool = True, echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Time every bench case; print a line per case as it completes; return a DataFrame
+    (one row per timed case, in the columns of suite.results.Row)."""
+    results = run_bench_results(family=family, dtypes=dtypes, device=device,
+                                budget_s=budget_s, extras=extras, echo=echo)
+    return pd.DataFrame([r.as_dict() for r in results.rows])

@@ -133,11 +133,13 @@ def hvp_table(*, device=None, echo=print):
 
 
 def extra(*, device, echo=print):
+    """Print every measurement of the module doc; return the floor and hvp rows (seconds)."""
     peak = matmul_peak(device=device)
     echo(f"matmul peak (float64 2048^3, compiled, median of 5): {peak:.1f} GFLOP/s")
     echo("stagewise Hessian, jax.hessian and the machine floor (tanh, float64, N=64):")
-    floor_table(peak, device=device, echo=echo)
-    hvp_table(device=device, echo=echo)
+    rows = [dict(row, table="floor", matmul_gflops=peak)
+            for row in floor_table(peak, device=device, echo=echo)]
+    rows.append(dict(hvp_table(device=device, echo=echo), table="hvp"))
 
     widths = [64, 64, 64, 10]
     inputs, sw, ad, unchunked = _fns(widths, 1024, device)
@@ -161,11 +163,13 @@ def extra(*, device, echo=print):
              f"jax.hessian {need_ad / GIB:6.2f} GiB")
         if not fits:
             echo(f"  stagewise would exceed the budget here; largest P that fits: {last_fit}")
-            return
+            return rows
         if need_ad > total:
             t = median_time(jax.jit(sw).lower(inputs).compile(), inputs, repeats=1)
             echo(f"  largest P: {p} — stagewise ran in {t:.1f} s; jax.hessian needs "
                  f"{need_ad / GIB:.1f} GiB > {total / GIB:.1f} GiB physical")
-            return
+            rows.append(dict(table="largest P", P=p, seconds=t, stagewise_bytes=need_sw,
+                             jax_hessian_bytes=need_ad))
+            return rows
         last_fit = p
         hidden = int(round(hidden * 1.25))

@@ -254,10 +254,10 @@ def test_tiles_bands_remainders_and_chunks_match_jax_hessian(monkeypatch):
     # matrix and for row slabs (sample-chunked too; the whole matrix chunked:
     # test_sample_chunking_matches_jax_hessian). hessian_blocks runs the same band jobs;
     # the defaults (one row per step, wider Γ chunks for narrow layers) run in the registry.
-    monkeypatch.setattr(stagewise, "TILE_COLUMNS", 4)
-    monkeypatch.setattr(stagewise, "STACK", 3)
-    monkeypatch.setattr(stagewise, "BANDS", 3)
-    monkeypatch.setattr(stagewise, "SMALL", 0)  # no strip is one step: loops everywhere
+    # small=0: no strip is one step, loops everywhere; unroll=2: two tiles per iteration
+    # (and a loop whose trip count it does not divide)
+    monkeypatch.setattr(stagewise, "TILING", stagewise.TILING.replace(
+        tile_columns=4, stack=3, bands=3, small=0, unroll=2))
     i = _toolkit_inputs()
     p, x, y = i["params"], i["x"], i["y"]
     v = jax.tree_util.tree_map(lambda t: jnp.cos(jnp.arange(t.size, dtype=t.dtype)
