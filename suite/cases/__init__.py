@@ -31,7 +31,8 @@ HESSIAN_FORMS = ("dense", "diagonal")
 DTYPES = ("float32", "float64")
 # The order of the report's sections (families not listed here follow, alphabetically).
 FAMILY_ORDER = ("linear", "mlp", "conv", "conv_transpose", "pool", "rnn", "lstm", "gru",
-                "layernorm", "batchnorm", "attention", "embedding", "stagewise")
+                "layernorm", "batchnorm", "attention", "embedding", "stagewise",
+                "network")
 
 
 @dataclasses.dataclass(frozen=True)
