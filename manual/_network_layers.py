@@ -64,6 +64,14 @@ def _array(where, name, a, dtype, rank):
         raise _error(where, f"{name} must have rank {rank}, got {describe(a)}")
 
 
+def _tree_map(fn, tree):
+    if isinstance(tree, dict):
+        return {k: _tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return tuple(_tree_map(fn, v) for v in tree)
+    return fn(tree)
+
+
 def _last(v, ndim):
     """(D,) -> (1, ..., 1, D): explicit broadcasting over ``ndim - 1`` leading axes."""
     return v.reshape((1,) * (ndim - 1) + v.shape)
@@ -106,6 +114,10 @@ class Layer:
 
     def second_order(self, p, state, dy):
         return None
+
+    def column_diagonal(self, p, state, c, g, w):
+        """Σₙ Σ_k w_k g_k² over the columns' parameter gradients g (leaves (N, K, ...))."""
+        return _tree_map(lambda a: jnp.einsum("nk,nk...->...", w, a * a), g)
 
     def own_diagonal(self, p, state, dy):
         return None
@@ -163,6 +175,22 @@ class Linear(Layer):
         gw = jnp.einsum("n...d,nk...m->nkdm", x, c)
         gb = c.sum(axis=tuple(range(2, c.ndim - 1)))
         return c @ w.T, (gw, gb)
+
+    def column_diagonal(self, p, x, c, g, w):
+        """Σ w g² without the per-column gradients: per sample and output m,
+        Ω_m[t, u] = Σ_k w_k c_k[t, m] c_k[u, m] over the rows t, u, then
+        diag W[d, m] = Σₙ Σ_{t,u} x[t, d] x[u, d] Ω_m[t, u] (one row: (x²)ᵀ Σ_k w c²)."""
+        n, k, m = c.shape[0], c.shape[1], c.shape[-1]
+        c3 = c.reshape(n, k, -1, m)
+        x3 = x.reshape(n, -1, x.shape[-1])
+        if c3.shape[2] == 1:
+            omega = jnp.einsum("nk,nkm->nm", w, c3[:, :, 0] ** 2)   # diag Ω per sample
+            dw = jnp.einsum("nd,nm->dm", x3[:, 0] ** 2, omega)
+        else:
+            omega = jnp.einsum("nktm,nk,nkum->nmtu", c3, w, c3)
+            dw = jnp.einsum("ntd,nud,nmtu->dm", x3, x3, omega)
+        cb = c3.sum(axis=2)
+        return (dw, jnp.einsum("nk,nkm->m", w, cb * cb))
 
     def tangent(self, p, x, xdot, pdot):
         (w, _), (vw, vb) = p, pdot

@@ -251,8 +251,8 @@ def _compress(c, w):
 
 def _push(layers, params, states, dys, c, w, visit, exact, path=(), top=True):
     """Carry the columns (c, w) from the output of ``layers`` to its input, calling
-    visit(path, layer, p, state, dy, g, w) at every layer with parameters (g the
-    per-column parameter gradients, leaves (N, K, ...))."""
+    visit(path, layer, p, state, dy, c, g, w) at every layer with parameters (c the
+    columns at its output, g their parameter gradients, leaves (N, K, ...))."""
     for i in reversed(range(len(layers))):
         layer, p, state, dy = layers[i], params[i], states[i], dys[i]
         if isinstance(layer, Residual):
@@ -263,7 +263,7 @@ def _push(layers, params, states, dys, c, w, visit, exact, path=(), top=True):
         else:
             c_in, g = layer.pullback(p, state, c)
             if layer.has_params:
-                visit(path + (i,), layer, p, state, dy, g, w)
+                visit(path + (i,), layer, p, state, dy, c, g, w)
             c = c_in
             if exact:
                 extra = layer.second_order(p, state, dy)
@@ -304,8 +304,8 @@ def _rebuild(net, params, found, fill):
 
 
 def _diagonal(net, params, x, y, loss, exact):
-    def visit(layer, p, state, dy, g, w):
-        d = _map(lambda gl: jnp.einsum("nk,nk...->...", w, gl * gl), g)
+    def visit(layer, p, state, dy, c, g, w):
+        d = layer.column_diagonal(p, state, c, g, w)
         own = layer.own_diagonal(p, state, dy) if exact else None
         return d if own is None else _map(jnp.add, d, own)
     return _rebuild(net, params, _collect(net, params, x, y, loss, exact, visit), tuple)
@@ -347,7 +347,7 @@ def hessian_blocks(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
     """The diagonal blocks H_θθ = Σₙ J_θᵀ Ω_y J_θ + T_θθ, one (P_l, P_l) per layer with
     parameters, in the order the layers appear (depth first into Residual), each in the
     ravel order of its params. Arguments as ``hessian_diagonal``."""
-    def visit(layer, p, state, dy, g, w):
+    def visit(layer, p, state, dy, c, g, w):
         rows = _rows(g)
         block = rows.T @ (w.reshape(-1, 1) * rows)
         own = layer.own_block(p, state, dy)
@@ -360,8 +360,8 @@ def gauss_newton(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
                  loss: _losses.LossLike) -> Array:
     """The Gauss-Newton matrix G = Σₙ Jₙᵀ ℓ''ₙ Jₙ / N, (P, P) in ravel order: the Gram
     Σ w g gᵀ of the M columns' whole-network gradients."""
-    found = _collect(net, params, x, y, loss, False, lambda *args: (_rows(args[4]),
-                                                                     args[5].reshape(-1)))
+    found = _collect(net, params, x, y, loss, False, lambda *args: (_rows(args[5]),
+                                                                     args[6].reshape(-1)))
     rows = jnp.concatenate([found[path][0] for path in sorted(found)], axis=1)
     w = found[min(found)][1]
     return rows.T @ (w[:, None] * rows)
@@ -375,7 +375,7 @@ def per_sample_grads(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
     c = (z.shape[0] * loss.grad(z, y))[:, None]
     found = {}
     _push(tuple(net), params, states, dys, c, jnp.ones(c.shape[:2], z.dtype),
-          lambda path, layer, p, state, dy, g, w: found.__setitem__(
+          lambda path, layer, p, state, dy, c, g, w: found.__setitem__(
               path, _map(lambda a: a[:, 0], g)), False)
     return _rebuild(net, params, found,
                     lambda p: _map(lambda a: jnp.zeros((z.shape[0],) + a.shape, a.dtype), p))
