@@ -22,15 +22,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from manual import conv, mlp, network, rnn, stagewise
+from manual import conv, mlp, rnn, stagewise
 from suite import sharded
 from suite.cases import Case, Family, register, register_family
 from suite.cases.common import mlp_inputs, normal, split
-from suite.cases.network import SHARDED_NET, make_net, network_inputs, param_count
 from suite.cases.rnn import builder as rnn_builder
 
-__all__ = ["MESHES", "case_mesh", "mlp_case", "hessian_case", "conv_case", "rnn_case",
-           "network_case"]
+__all__ = ["MESHES", "case_mesh", "mlp_case", "hessian_case", "conv_case", "rnn_case"]
 
 register_family(Family(
     name="sharded",
@@ -170,33 +168,6 @@ def rnn_case(mesh, t, n, d, h, truncation=None, tier="test"):
         sizes=_sizes(mesh, T=t, N=n, D=d, H=h, truncation=truncation or "full"))
 
 
-def network_case(function, mesh, tier="test"):
-    """sharded.network_<function> against manual.network.<function> on one device
-    (witness: manual.network.loss; the diagonal's along one coordinate)."""
-    spec, shape, loss = SHARDED_NET
-    net = make_net(spec)
-    single = getattr(network, function)
-    order, form = {"grad": (1, "dense"), "hessian_diagonal": (2, "diagonal"),
-                   "per_sample_grads": (1, "dense")}[function]
-
-    def build(key, dtype):
-        return network_inputs(key, spec, shape, dtype, loss=loss)
-
-    def objective(i):
-        return network.loss(net, i["params"], i["x"], i["y"], loss=loss)
-
-    return Case(
-        name=f"sharded/network_{function}/{mesh}-cnn-residual", family="sharded", build=build,
-        manual=lambda i: getattr(sharded, f"network_{function}")(
-            net, i["params"], i["x"], i["y"], mesh=case_mesh(MESHES[mesh]), loss=loss),
-        reference=lambda i: single(net, i["params"], i["x"], i["y"], loss=loss),
-        # per-sample gradients are the gradient of no one objective
-        objective=None if function == "per_sample_grads" else objective,
-        wrt=() if function == "per_sample_grads" else ("params",), order=order,
-        hessian_form=form, devices=math.prod(MESHES[mesh].values()), tier=tier,
-        sizes=_sizes(mesh, x="x".join(map(str, shape)), P=param_count(spec, shape)))
-
-
 # P = 64 and 56: both divisible by 4, so every mesh can split the rows.
 register(mlp_case("data4", [5, 6, 4], 8, "tanh", "softmax_cross_entropy", 0.1))
 register(mlp_case("data2-model2", [3, 4, 4, 4], 8, "relu", "mse", 0.01))
@@ -209,6 +180,3 @@ register(conv_case("data4", 8, 4, 6, (7, 7), (3, 3), stride=2, padding=1, groups
 register(conv_case("data2-model2", 4, 4, 6, (8, 6), (2, 3), dilation=2, groups=2))
 register(rnn_case("data4", 6, 8, 3, 5))
 register(rnn_case("data2-model2", 7, 4, 3, 5, truncation=3))
-register(network_case("grad", "data4"))
-register(network_case("hessian_diagonal", "data2-model2"))
-register(network_case("per_sample_grads", "data4"))

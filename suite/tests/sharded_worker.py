@@ -26,14 +26,12 @@ from jax import lax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from manual import conv, mlp, network, rnn, stagewise
+from manual import conv, mlp, rnn, stagewise
 from reference import autodiff
-from reference import network as network_oracle
 from suite import compare as cmp
 from suite import sharded
 from suite.cases import get as get_case
 from suite.cases.common import mlp_inputs, normal, split
-from suite.cases.network import SHARDED_NET, make_net, network_inputs
 from suite.cases.rnn import builder as rnn_builder
 from suite.cases.rnn import reference_forward
 from suite.config import configure
@@ -59,37 +57,20 @@ def meshes(count=DEVICES):
 
 
 MESHES = meshes()
-FUNCTIONS = ("mlp_grad", "conv2d_backward", "rnn_backward", "hessian", "network_grad",
-             "network_hessian_diagonal", "network_per_sample_grads")
+FUNCTIONS = ("mlp_grad", "conv2d_backward", "rnn_backward", "hessian")
 # Which functions run on the Auto mesh (one of each kind of output is enough there).
 AUTO_FUNCTIONS = ("mlp_grad", "hessian")
-# The network functions split the batch only: data4, and data2-model2 (a replicated axis).
-NETWORK_MESHES = ("data4", "data2-model2")
-
-
-def functions_on(label, axis_type):
-    """The functions compared on the mesh ``label``."""
-    if axis_type == AxisType.Auto:
-        return AUTO_FUNCTIONS
-    return tuple(f for f in FUNCTIONS if not f.startswith("network_") or label in NETWORK_MESHES)
-
-
 PLANTED = ("mlp_grad: missing psum", "mlp_grad: shard gradient not rescaled",
            "mlp_grad: l2 added per shard", "hessian: every device computes rows 0..R",
            "hessian: missing psum over data", "hessian: l2 added unscaled per shard",
            "conv2d_backward: dw not summed over shards",
            "rnn_backward: dparams not summed over shards",
-           "network_grad: missing psum", "network_hessian_diagonal: shard not rescaled",
-           "network_per_sample_grads: divided by the shard's n_s",
            "registry: one-element slip in the sharded Hessian")
 # bad call -> the argument its ValueError must name first
 BAD_INPUTS = {"mesh is not a Mesh": "mesh", "mesh without a data axis": "mesh",
               "mlp_grad: batch 6 on data=4": "x", "conv2d_backward: batch 6 on data=4": "x",
               "rnn_backward: batch 6 on data=4": "xs", "hessian: batch 6 on data=4": "x",
-              "hessian: P=66 on model=4": "mesh", "hessian: mesh without a data axis": "mesh",
-              "network_grad: batch 6 on data=4": "x",
-              "network_hessian_diagonal: mesh is not a Mesh": "mesh",
-              "network_per_sample_grads: batch 6 on data=4": "x"}
+              "hessian: P=66 on model=4": "mesh", "hessian: mesh without a data axis": "mesh"}
 # Through run_case as the report runs them; the conv case is one whose reference XLA would
 # get wrong if it were compiled into the sharded program (see suite/run.py).
 REGISTRY_CASES = ("sharded/hessian/data2-model2-softplus-mse-l20",
@@ -123,13 +104,6 @@ def _conv_inputs(n=8):
     return x, w, b, normal(k["dy"], out, "float64")
 
 
-def _network_inputs(n=8):
-    spec, shape, loss = SHARDED_NET
-    i = network_inputs(jax.random.PRNGKey(3), spec, (n,) + shape[1:], "float64", loss=loss,
-                       margin=None)
-    return i["params"], i["x"], i["y"]
-
-
 def _rnn_inputs(n=8):
     i = rnn_builder(6, n, 3, 5)(jax.random.PRNGKey(2), "float64")
     return i["params"], i["xs"], i["h0"], i["dhs"]
@@ -159,17 +133,7 @@ def _programs(mesh):
         return tuple(autodiff.vjp(forward, (params, xs, h0), dhs))
 
     m, h = _net(MLP), _net(HESSIAN)
-    net, loss = make_net(SHARDED_NET[0]), SHARDED_NET[2]
-
-    def on_network(fn, **kw):
-        return lambda *a: fn(net, *a, loss=loss, **kw)
-
-    networks = {  # sharded, manual.network on one device, reference.network (autodiff)
-        f"network_{name}": (on_network(getattr(sharded, f"network_{name}"), mesh=mesh),
-                            on_network(getattr(network, name)),
-                            on_network(getattr(network_oracle, name)), _network_inputs())
-        for name in ("grad", "hessian_diagonal", "per_sample_grads")}
-    return networks | {
+    return {
         "mlp_grad": (lambda *a: sharded.mlp_grad(*a, mesh=mesh, **kw),
                      lambda *a: mlp.grad(*a, **kw),
                      lambda *a: jax.grad(mlp.loss)(*a, **kw),
@@ -207,7 +171,7 @@ def comparisons(platform=None, count=DEVICES):
     out = {}
     for label, shape, axis_type in meshes(count):
         mesh = make_mesh(shape, axis_type, platform)
-        for name in functions_on(label, axis_type):
+        for name in AUTO_FUNCTIONS if axis_type == AxisType.Auto else FUNCTIONS:
             sharded_fn, single_fn, autodiff_fn, args = _programs(mesh)[name]
             key = (name, mesh.shape["data"] == 2 and name == "rnn_backward")
             if key not in oracles:
@@ -221,8 +185,6 @@ def comparisons(platform=None, count=DEVICES):
                 entry["n_model"] = shape.get("model", 1)
             elif name == "conv2d_backward":
                 entry["layout"] = _layout(result[0])  # dx stays split over data
-            elif name == "network_per_sample_grads":  # every leaf's N axis split over data
-                entry["layouts"] = [_layout(a) for a in jax.tree_util.tree_leaves(result)]
             out[f"{label}/{name}"] = entry
     return out
 
@@ -308,27 +270,6 @@ def _rnn_mutant(mesh):
     return run
 
 
-def _network_mutant(mesh, kind):
-    net, loss = make_net(SHARDED_NET[0]), SHARDED_NET[2]
-    share = 1.0 / mesh.shape["data"]  # n_s / N
-
-    def body(params, x, y):
-        if kind == "missing psum":
-            return jax.tree_util.tree_map(lambda t: t * share,
-                                          network.grad(net, params, x, y, loss=loss))
-        if kind == "not rescaled":
-            return lax.psum(network.hessian_diagonal(net, params, x, y, loss=loss), "data")
-        # per-sample gradients of the shard's mean loss: each divided by n_s
-        return jax.tree_util.tree_map(lambda t: t / x.shape[0],
-                                      network.per_sample_grads(net, params, x, y, loss=loss))
-
-    def run(params, x, y):
-        out = P("data") if kind == "per shard mean" else P()
-        return jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data"), P("data")),
-                             out_specs=out, check_vma=False)(params, x, y)
-    return run
-
-
 def planted(platform=None):
     """Each mutant against manual/ on one device: every one of them must FAIL."""
     data4 = make_mesh({"data": 4}, AxisType.Auto, platform)
@@ -357,17 +298,6 @@ def planted(platform=None):
     out["conv2d_backward: dw not summed over shards"] = dict(
         passed=cmp.compare(tuple(result), tuple(conv.conv2d_backward(*conv_args, **CONV)),
                            "float64").passed)
-    net, loss = make_net(SHARDED_NET[0]), SHARDED_NET[2]
-    network_args = _network_inputs()
-    for name, kind, single in (
-            ("network_grad: missing psum", "missing psum", network.grad),
-            ("network_hessian_diagonal: shard not rescaled", "not rescaled",
-             network.hessian_diagonal),
-            ("network_per_sample_grads: divided by the shard's n_s", "per shard mean",
-             network.per_sample_grads)):
-        result = jax.jit(_network_mutant(data4, kind))(*network_args)
-        out[name] = dict(passed=cmp.compare(result, single(net, *network_args, loss=loss),
-                                            "float64").passed)
     result = jax.jit(_rnn_mutant(data4))(*rnn_args)
     out["rnn_backward: dparams not summed over shards"] = dict(
         passed=cmp.compare(tuple(result), tuple(rnn.backward(*rnn_args)), "float64").passed)
@@ -396,8 +326,6 @@ def bad_inputs(platform=None):
     no_data = make_mesh({"model": 4}, AxisType.Explicit, platform)
     m6, h6, h = _net(MLP, n=6), _net(HESSIAN, n=6), _net(HESSIAN)
     p66 = _net(dict(HESSIAN, widths=[5, 7, 3]))
-    net, loss = make_net(SHARDED_NET[0]), SHARDED_NET[2]
-    network6 = _network_inputs(n=6)
     kw, hkw = _kw(MLP), _kw(HESSIAN)
     fn = functools.partial
     mlp6, hessian6 = (m6["params"], m6["x"], m6["y"]), (h6["params"], h6["x"], h6["y"])
@@ -415,12 +343,6 @@ def bad_inputs(platform=None):
                                      (p66["params"], p66["x"], p66["y"])),
         "hessian: mesh without a data axis": (fn(sharded.hessian, mesh=no_data, **hkw),
                                               (h["params"], h["x"], h["y"])),
-        "network_grad: batch 6 on data=4": (fn(sharded.network_grad, net, mesh=data4, loss=loss),
-                                            network6),
-        "network_hessian_diagonal: mesh is not a Mesh": (
-            fn(sharded.network_hessian_diagonal, net, mesh=(4,), loss=loss), _network_inputs()),
-        "network_per_sample_grads: batch 6 on data=4": (
-            fn(sharded.network_per_sample_grads, net, mesh=data4, loss=loss), network6),
     }
     out = {}
     for name, (call, args) in calls.items():
