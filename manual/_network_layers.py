@@ -664,7 +664,8 @@ class SelfAttention(Layer):
         return z.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
     def _scale(self, x):
-        return 1.0 / np.sqrt(x.shape[-1] // self.heads)
+        # a Python float (weakly typed): a numpy float64 would promote float32 to float64
+        return float(1.0 / np.sqrt(x.shape[-1] // self.heads))
 
     def forward(self, p, x):
         q, k, v = (self._split_heads(x @ p[w]) for w in ("w_q", "w_k", "w_v"))

@@ -30,6 +30,15 @@ Combining the shards (S shards of n_s = N / S samples each, batch B = ∪_s B_s)
                      rows [j R, (j + 1) R), R = P / n_model. (I_w: the identity on the
                      weight coordinates.)
 
+    network_grad     E = 1/N Σ_n ℓ_n = Σ_s (n_s / N) Ē_s (manual.network has no penalty):
+    network_hessian_diagonal
+                     ∂E/∂θ = Σ_s (n_s / N) ∇Ē_s and diag H = Σ_s (n_s / N) diag H̄_s: each
+                     shard runs manual.network.grad / hessian_diagonal on its own n_s
+                     samples, scales by n_s / N, and the shards are psum-ed
+    network_per_sample_grads
+                     ∇ℓ_n for every sample n, no sum: each shard's own rows, left where
+                     they are (every leaf's leading N axis split over "data")
+
 The Hessian is returned sharded by rows over ``"model"`` (replicated over ``"data"``):
 each device holds R = P / n_model rows, about P² / n_model numbers, and computes
 only those rows, straight from the stagewise blocks (``manual.stagewise.hessian_rows``,
@@ -66,10 +75,10 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from manual import conv, mlp, rnn, stagewise
+from manual import conv, mlp, network, rnn, stagewise
 
 __all__ = ["DATA", "MODEL", "check_mesh", "mlp_grad", "conv2d_backward", "rnn_backward",
-           "hessian"]
+           "hessian", "network_grad", "network_hessian_diagonal", "network_per_sample_grads"]
 
 DATA, MODEL = "data", "model"
 
@@ -270,4 +279,81 @@ def hessian(params: Any, x: Any, y: Any, *, mesh: Mesh, activation: str, loss: s
     # the slabs equal across "data"; the tests plant its absence.
     return jax.shard_map(shard, mesh=mesh, in_specs=(P(), P(DATA), P(DATA)),
                          out_specs=P(MODEL) if parts > 1 else P(), check_vma=False)(
+        _place(params, mesh, P()), _place(x, mesh, P(DATA)), _place(y, mesh, P(DATA)))
+
+
+def _network_batch_mean(fn: Any, net: Any, params: Any, x: Any, y: Any, mesh: Mesh,
+                        loss: Any) -> Any:
+    """Σ_s (n_s / N) fn(shard s), fn a batch-mean quantity of manual.network (grad, the
+    Hessian's diagonal), the batch split over "data"."""
+    check_mesh(mesh)
+    # manual.network's own checks (params against the layers, every layer's shapes) on
+    # the global shapes, before anything is placed or compiled
+    jax.eval_shape(functools.partial(fn, net, loss=loss), params, x, y)
+    n = _check_batch("x", x.shape, 0, mesh)
+    _check_batch("y", y.shape, 0, mesh)
+    share = (n // mesh.shape[DATA]) / n
+
+    def shard(params, x, y):
+        return _psum_data(_scaled(fn(net, params, x, y, loss=loss), share))
+
+    return jax.shard_map(shard, mesh=mesh, in_specs=(P(), P(DATA), P(DATA)), out_specs=P(),
+                         check_vma=False)(
+        _place(params, mesh, P()), _place(x, mesh, P(DATA)), _place(y, mesh, P(DATA)))
+
+
+def network_grad(net: Any, params: Any, x: Any, y: Any, *, mesh: Mesh, loss: Any) -> Any:
+    """∂E/∂θ of ``manual.network.loss`` over the global batch, the batch split over "data".
+
+    Each shard runs ``manual.network.grad`` on its n_s samples (their mean), scales it
+    by n_s / N, and the shards are summed with ``psum`` (module docstring). No penalty:
+    add λ W to the weights' entries yourself, once, after the call.
+
+    Args:
+      net: a tuple of manual.network layers.
+      params: one entry per layer, as manual.network (replicated).
+      x: inputs, batch first (N, ...), N divisible by the size of the "data" axis.
+      y: targets (N, M) for "mse", labels (N,) for "softmax_cross_entropy", split like x.
+      mesh: a Mesh with an axis "data".
+      loss: as for ``manual.network.grad``.
+
+    Returns:
+      params-shaped, replicated over the mesh.
+    """
+    return _network_batch_mean(network.grad, net, params, x, y, mesh, loss)
+
+
+def network_hessian_diagonal(net: Any, params: Any, x: Any, y: Any, *, mesh: Mesh,
+                             loss: Any) -> Any:
+    """The exact diagonal of the Hessian of ``manual.network.loss``, the batch split over
+    "data": Σ_s (n_s / N) diag H̄_s, each shard's ``manual.network.hessian_diagonal`` of
+    its own samples, psum-ed (module docstring). Arguments as ``network_grad``.
+
+    Returns:
+      params-shaped, replicated over the mesh.
+    """
+    return _network_batch_mean(network.hessian_diagonal, net, params, x, y, mesh, loss)
+
+
+def network_per_sample_grads(net: Any, params: Any, x: Any, y: Any, *, mesh: Mesh,
+                             loss: Any) -> Any:
+    """∇ℓ_n of every sample's own loss (not divided by N), the batch split over "data".
+
+    Nothing is summed: each shard runs ``manual.network.per_sample_grads`` on its own
+    samples and keeps them. Arguments as ``network_grad``.
+
+    Returns:
+      params-shaped, each leaf with a leading N axis sharded over "data" (a shard's rows
+      are its own samples').
+    """
+    check_mesh(mesh)
+    jax.eval_shape(functools.partial(network.per_sample_grads, net, loss=loss), params, x, y)
+    _check_batch("x", x.shape, 0, mesh)
+    _check_batch("y", y.shape, 0, mesh)
+
+    def shard(params, x, y):
+        return network.per_sample_grads(net, params, x, y, loss=loss)
+
+    return jax.shard_map(shard, mesh=mesh, in_specs=(P(), P(DATA), P(DATA)),
+                         out_specs=P(DATA), check_vma=False)(
         _place(params, mesh, P()), _place(x, mesh, P(DATA)), _place(y, mesh, P(DATA)))

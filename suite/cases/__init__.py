@@ -32,7 +32,7 @@ DTYPES = ("float32", "float64")
 # The order of the report's sections (families not listed here follow, alphabetically).
 FAMILY_ORDER = ("linear", "mlp", "conv", "conv_transpose", "pool", "rnn", "lstm", "gru",
                 "layernorm", "rmsnorm", "groupnorm", "batchnorm", "attention", "embedding",
-                "stagewise")
+                "stagewise", "network")
 
 
 @dataclasses.dataclass(frozen=True)
