@@ -185,9 +185,9 @@ def _flat(tree):
 
 
 # Every function on every case compiles ten programs and three oracles per case (minutes
-# on a loaded 2-core machine), so all of them are slow; make test keeps the diagonal of
-# the CNN, the ResNet block and the causal transformer (the planted-bug tests below, each
-# against the oracle first), the MLP against stagewise and the bad-input tests
+# on a loaded 2-core machine), so all of them are slow, and so are the planted-bug
+# diagonals of the CNN, the ResNet block and the causal transformer below (each against
+# the oracle first); make test keeps the MLP against stagewise and the bad-input tests
 FAST = ()
 
 
@@ -388,6 +388,7 @@ def _rebuilt(layer, cls):
     return planted
 
 
+@pytest.mark.slow  # an oracle jax.hessian per net; make test plants f'' in the registry row
 @pytest.mark.parametrize("maker, old, new", [
     (cnn, nw.Act, _NoCurvatureAct),
     (cnn, nw.Conv2d, _TransposedConv),
