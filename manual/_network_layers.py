@@ -158,7 +158,7 @@ class Linear(Layer):
 
     def init(self, key, shape, size, dtype):
         m = int(size)
-        w = random.normal(key, (shape[-1], m), dtype) / np.sqrt(shape[-1])
+        w = random.normal(key, (shape[-1], m), dtype) / float(np.sqrt(shape[-1]))
         return (w, jnp.zeros((m,), dtype))
 
     def forward(self, p, x):
@@ -241,7 +241,7 @@ class Conv2d(Layer):
         out_channels, kernel = size
         kh, kw = windows.int_pair("kernel", kernel, minimum=1)
         c_g = shape[1] // self.options["groups"]
-        w = random.normal(key, (out_channels, c_g, kh, kw), dtype) / np.sqrt(c_g * kh * kw)
+        w = random.normal(key, (out_channels, c_g, kh, kw), dtype) / float(np.sqrt(c_g * kh * kw))
         return (w, jnp.zeros((out_channels,), dtype))
 
     def geometry(self, x, w, b):
@@ -651,7 +651,7 @@ class SelfAttention(Layer):
     def init(self, key, shape, size, dtype):
         d = shape[-1]
         keys = random.split(key, 4)
-        return {name: random.normal(kk, (d, d), dtype) / np.sqrt(d)
+        return {name: random.normal(kk, (d, d), dtype) / float(np.sqrt(d))
                 for name, kk in zip(self.names, keys, strict=True)}
 
     def _split_heads(self, z):

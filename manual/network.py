@@ -75,7 +75,7 @@ Example::
     >>> from manual import network
     >>> net = (network.Linear(), network.Act("tanh"), network.Linear())
     >>> x = jnp.ones((4, 3))
-    >>> params = network.init(net, jax.random.PRNGKey(0), x.shape, (5, None, 2))
+    >>> params = network.init(net, jax.random.PRNGKey(0), x.shape, (5, None, 2), dtype=x.dtype)
     >>> y = jnp.array([0, 1, 1, 0])
     >>> d = network.hessian_diagonal(net, params, x, y, loss="softmax_cross_entropy")
     >>> [leaf.shape for layer in d for leaf in layer]
