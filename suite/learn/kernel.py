@@ -28,6 +28,8 @@ except ImportError:
 __all__ = ["Outcome", "Session", "grade_notebook"]
 
 TIMEOUT_S = 600
+# a kernel's start imports JAX: on a loaded 2-core machine that took over nbclient's 60 s
+STARTUP_TIMEOUT_S = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Session:
         # ipc: the kernel's sockets are local files, not TCP ports (no open port, and no
         # "running over TCP without encryption" warning in the learner's terminal)
         self._client = NotebookClient(nbformat.v4.new_notebook(), timeout=TIMEOUT_S,
+                                      startup_timeout=STARTUP_TIMEOUT_S,
                                       allow_errors=True, kernel_name="python3",
                                       km=KernelManager(kernel_name="python3", transport="ipc"))
         self._context = None

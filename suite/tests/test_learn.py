@@ -174,13 +174,13 @@ def test_the_notebook_runs_top_to_bottom_and_grades_in_place(name):
     (cells numbered by the kernel's history, as Jupyter shows them)."""
     ex = catalog.get(name)
     nb = notebook(name, filled(source(name), ex, wrong=ex.planted))
-    NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+    NotebookClient(nb, timeout=600, startup_timeout=300, kernel_name="python3").execute()
     shown = "".join(o.get("data", {}).get("text/plain", "") + o.get("text", "")
                     for o in nb.cells[-1].outputs)
     cell, line = _where(name, ex.planted.step)
     assert f"{name}: FAIL" in shown and f"cell [{cell}], line {line}" in shown, shown
     good = notebook(name, filled(source(name), ex))
-    NotebookClient(good, timeout=600, kernel_name="python3").execute()
+    NotebookClient(good, timeout=600, startup_timeout=300, kernel_name="python3").execute()
     assert f"{name}: PASS" in good.cells[-1].outputs[0]["data"]["text/plain"]
 
 
