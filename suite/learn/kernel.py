@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from suite.learn.grading import SENTINEL, check_hint
@@ -93,11 +96,15 @@ class Session:
     def __init__(self) -> None:
         require_extra()
         # ipc: the kernel's sockets are local files, not TCP ports (no open port, and no
-        # "running over TCP without encryption" warning in the learner's terminal)
+        # "running over TCP without encryption" warning in the learner's terminal); each
+        # session's sockets in a folder of its own, since kernels started at once from one
+        # folder pick the same socket names and hang (two pytest workers did)
+        self._sockets = tempfile.mkdtemp(prefix="backprop-suite-kernel-")
         self._client = NotebookClient(nbformat.v4.new_notebook(), timeout=TIMEOUT_S,
                                       startup_timeout=STARTUP_TIMEOUT_S,
                                       allow_errors=True, kernel_name="python3",
-                                      km=KernelManager(kernel_name="python3", transport="ipc"))
+                                      km=KernelManager(kernel_name="python3", transport="ipc",
+                                                       ip=os.path.join(self._sockets, "kernel")))
         self._context = None
 
     def __enter__(self) -> Session:
@@ -112,6 +119,7 @@ class Session:
             km = self._client.km
             if km is not None and km.has_kernel:
                 km.shutdown_kernel(now=True)
+            shutil.rmtree(self._sockets, ignore_errors=True)
 
     def run(self, source: str) -> Any:
         """Execute one code cell's ``source``; the cell comes back with its outputs."""
