@@ -10,7 +10,8 @@ import numpy as np
 
 from manual.types import ArrayLike
 
-__all__ = ["require_float", "require_rank", "require_floats", "require_shape", "require_positive"]
+__all__ = ["require_float", "require_rank", "require_floats", "require_one_dtype", "require_like_x",
+           "require_shape", "require_positive"]
 
 
 def _describe(x: ArrayLike) -> str:
@@ -35,10 +36,22 @@ def require_floats(rank_by_name: dict[str, int], **arrays: ArrayLike) -> None:
     for name, x in arrays.items():
         require_float(name, x)
         require_rank(name, x, rank_by_name[name])
+    require_one_dtype(**arrays)
+
+
+def require_one_dtype(**arrays: ArrayLike) -> None:
+    """All arrays share one dtype (the message lists each argument's)."""
     dtypes = {name: jnp.result_type(x) for name, x in arrays.items()}
     if len(set(dtypes.values())) > 1:
         got = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
         raise ValueError(f"arguments must share one floating dtype, got {got}")
+
+
+def require_like_x(dy: ArrayLike, x: ArrayLike) -> None:
+    """An elementwise-shaped layer's ``dy`` has the shape of its input ``x`` (and output)."""
+    if dy is not None and np.shape(dy) != np.shape(x):
+        raise ValueError(f"dy must have the shape of x (and y), {tuple(np.shape(x))}, "
+                         f"got {tuple(np.shape(dy))}")
 
 
 def require_shape(name: str, x: ArrayLike, shape: tuple[int, ...]) -> None:

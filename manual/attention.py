@@ -89,7 +89,7 @@ Example::
 import jax.numpy as jnp
 import numpy as np
 
-from manual._checks import require_float
+from manual._checks import require_float, require_one_dtype
 from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward", "mha_forward", "mha_backward", "PARAM_NAMES"]
@@ -107,10 +107,7 @@ def _check(q, k, v, dout=None, mask=None, scale=None):
         if np.ndim(a) < 3:
             raise ValueError(f"{name} must have rank >= 3 (..., heads, T, d), got shape "
                              f"{np.shape(a)} and dtype {jnp.result_type(a)}")
-    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        got = ", ".join(f"{n}: {t}" for n, t in dtypes.items())
-        raise ValueError(f"arguments must share one floating dtype, got {got}")
+    require_one_dtype(**arrays)
     (*_, hq, tq, d), (*_, hk, tk, dk), (*_, hv, tv, dv) = q.shape, k.shape, v.shape
     if tq == 0 or d == 0:
         raise ValueError(f"q must have T >= 1 and d >= 1, got (..., heads, T, d) = {q.shape}")
@@ -287,10 +284,7 @@ def _check_mha(params, x, heads, dy=None, context=None):
             label = name if rank == 3 else f"params[{name!r}]"
             raise ValueError(f"{label} must have rank {rank}, got shape {np.shape(a)} and "
                              f"dtype {jnp.result_type(a)}")
-    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        got = ", ".join(f"{n}: {t}" for n, t in dtypes.items())
-        raise ValueError(f"arguments must share one floating dtype, got {got}")
+    require_one_dtype(**arrays)
     b, t, d_model = x.shape
     for name in PARAM_NAMES:
         if params[name].shape != (d_model, d_model):

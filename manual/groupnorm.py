@@ -45,7 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manual._checks import require_float, require_positive, require_rank
+from manual._checks import (
+    require_float,
+    require_like_x,
+    require_one_dtype,
+    require_positive,
+    require_rank,
+)
 from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward"]
@@ -65,13 +71,8 @@ def _check(x, gamma, beta, dy, groups, eps):
         if jnp.shape(arrays[name]) != (c,):
             raise ValueError(f"{name} must have shape (C,) = ({c},) with C = x.shape[1] of "
                              f"x {jnp.shape(x)}, got {jnp.shape(arrays[name])}")
-    if dy is not None and jnp.shape(dy) != jnp.shape(x):
-        raise ValueError(f"dy must have the shape of x (and y), {jnp.shape(x)}, "
-                         f"got {jnp.shape(dy)}")
-    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        got = ", ".join(f"{n}: {t}" for n, t in dtypes.items())
-        raise ValueError(f"arguments must share one floating dtype, got {got}")
+    require_like_x(dy, x)
+    require_one_dtype(**arrays)
     integer = isinstance(groups, (int, np.integer)) and not isinstance(groups, (bool, np.bool_))
     if not integer or groups <= 0:
         raise ValueError(f"groups must be a positive int, got {groups!r}")

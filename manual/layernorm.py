@@ -51,7 +51,7 @@ Example::
 import jax.numpy as jnp
 from jax import lax
 
-from manual._checks import require_float, require_positive
+from manual._checks import require_float, require_like_x, require_one_dtype, require_positive
 from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward"]
@@ -79,13 +79,8 @@ def _check(x, gamma, beta, dy, eps):
         raise ValueError(f"{name} must have shape normalized_shape = {trailing}, the trailing "
                          f"{k} axes of x {jnp.shape(x)} (gamma.ndim = {k}), got "
                          f"{jnp.shape(arrays[name])}")
-    if dy is not None and jnp.shape(dy) != jnp.shape(x):
-        raise ValueError(f"dy must have the shape of x (and y), {jnp.shape(x)}, "
-                         f"got {jnp.shape(dy)}")
-    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        got = ", ".join(f"{n}: {t}" for n, t in dtypes.items())
-        raise ValueError(f"arguments must share one floating dtype, got {got}")
+    require_like_x(dy, x)
+    require_one_dtype(**arrays)
     require_positive("eps", eps)
 
 

@@ -58,9 +58,9 @@ backward passes plus the per-column weight gradients, 2 N M P flops.
 
 ``hvp`` is Pearlmutter's R-op, hand-derived per layer (``tangent`` and
 ``backward_tangent``): one forward tangent pass and one differentiated backward,
-about the cost of jax.jvp(jax.grad). ``hessian`` is the hvp along the P unit vectors
-(lax.map; every entry exact, including the mixed terms), ``gauss_newton`` the Gram of
-the Gauss-Newton columns' gradients.
+about the cost of autodiff's forward-over-reverse product. ``hessian`` is the hvp along
+the P unit vectors (lax.map; every entry exact, including the mixed terms),
+``gauss_newton`` the Gram of the Gauss-Newton columns' gradients.
 
 Ravel order is jax.flatten_util.ravel_pytree's: layers in order, depth first into
 Residual, each layer's leaves in order (dict keys sorted: w_k, w_o, w_q, w_v).

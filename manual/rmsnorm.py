@@ -45,7 +45,7 @@ Example::
 import jax.numpy as jnp
 from jax import lax
 
-from manual._checks import require_float, require_positive
+from manual._checks import require_float, require_like_x, require_one_dtype, require_positive
 from manual.types import Array, ArrayLike
 
 __all__ = ["forward", "backward"]
@@ -63,16 +63,11 @@ def _check(x, gamma, dy, eps):
     if jnp.ndim(x) < k or trailing != tuple(jnp.shape(gamma)):
         raise ValueError(f"gamma must have the shape of the trailing gamma.ndim = {k} axes of "
                          f"x {jnp.shape(x)} ({trailing}), got {jnp.shape(gamma)}")
-    if dy is not None and jnp.shape(dy) != jnp.shape(x):
-        raise ValueError(f"dy must have the shape of x (and y), {jnp.shape(x)}, "
-                         f"got {jnp.shape(dy)}")
-    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        got = ", ".join(f"{n}: {t}" for n, t in dtypes.items())
-        raise ValueError(f"arguments must share one floating dtype, got {got}")
+    require_like_x(dy, x)
+    require_one_dtype(**arrays)
     if eps is not None:
         require_positive("eps", eps)
-    return float(jnp.finfo(dtypes["x"]).eps) if eps is None else eps
+    return float(jnp.finfo(jnp.result_type(x)).eps) if eps is None else eps
 
 
 def _scale(x, k, eps):
