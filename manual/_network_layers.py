@@ -12,6 +12,14 @@ costate ∂²E/∂y∂y there):
                       (N, K, *x), weights (N, K)); None where F is linear in x (Linear,
                       Conv2d, the pools, Flatten, GlobalAvgPool, MeanOverTime) or has
                       zero curvature almost everywhere (relu, leaky_relu, max pooling)
+    pull_diagonal     a diagonal part diag(s) of Ω_y (s (N, *y)) carried to x: (s_x, columns)
+                      with Jᵀ diag(s) J = diag(s_x) + Σ w c cᵀ (either may be None);
+                      None for a layer that does not carry one (its s becomes columns)
+    diagonal_from     Σₙ diag(J_θᵀ diag(s) J_θ), the parameters' share of that part
+    second_order_diagonal   T_xx when it is diagonal (Act): its s, or None
+    pull_blocks       for a layer that keeps channels apart (Act, the pools): the
+                      channel blocks B (N, C, L, L) of Ω_y (L = H W) carried to x
+    block_diagonal    Conv2d: Σₙ diag(J_θᵀ Ω_y J_θ) from Ω_y's channel blocks alone
     own_diagonal      diag T_θθ, T_θθ = Σ_k δ_k ∇²_θ y_k; None where F is linear in θ
     own_block         T_θθ as a (P_l, P_l) matrix (ravel order); None likewise
     tangent           ẏ = J_x ẋ + J_θ θ̇ (the forward R-op)
@@ -32,6 +40,7 @@ from jax import lax, random
 
 from manual import activations as _activations
 from manual import attention, conv, im2col, layernorm, pool, windows
+from manual._factor import signed_columns
 from manual.types import Array
 
 __all__ = ["Act", "AvgPool2d", "Conv2d", "Flatten", "GlobalAvgPool", "Layer", "LayerNorm",
@@ -115,6 +124,12 @@ class Layer:
     def second_order(self, p, state, dy):
         return None
 
+    def second_order_diagonal(self, p, state, dy):
+        return None
+
+    def pull_diagonal(self, p, state, s):
+        return None
+
     def column_diagonal(self, p, state, c, g, w):
         """Σₙ Σ_k w_k g_k² over the columns' parameter gradients g (leaves (N, K, ...))."""
         return _tree_map(lambda a: jnp.einsum("nk,nk...->...", w, a * a), g)
@@ -192,6 +207,28 @@ class Linear(Layer):
         cb = c3.sum(axis=2)
         return (dw, jnp.einsum("nk,nkm->m", w, cb * cb))
 
+    def diagonal_from(self, p, x, s):
+        """diag(s) at y: ∂y[r, m]/∂W[d, m] = x[r, d], so diag W = Σ x² s, diag b = Σ s."""
+        rows = tuple(range(s.ndim - 1))
+        return jnp.tensordot(x * x, s, axes=(rows, rows)), s.sum(axis=rows)
+
+    def pull_diagonal(self, p, x, s):
+        """W diag(s_r) Wᵀ on each row r: M shared columns W[:, m] per row (weights s),
+        or, when M > 2D, the D x D blocks formed and written as 2D signed columns."""
+        w, _ = p
+        n, (d, m) = s.shape[0], w.shape
+        rows = int(np.prod(s.shape[1:-1]))
+        if m > 2 * d:
+            blocks = jnp.einsum("dm,nrm,em->nrde", w, s.reshape(n, rows, m), w)
+            eye = jnp.eye(rows, dtype=w.dtype)
+            omega = jnp.einsum("rs,nrde->nrdse", eye, blocks).reshape(n, rows * d, rows * d)
+            c, weights = signed_columns(omega)
+            return None, (c.reshape((n, -1) + x.shape[1:]), weights)
+        eye = jnp.eye(rows, dtype=w.dtype)
+        shared = jnp.einsum("rs,dm->rmsd", eye, w).reshape((1, rows * m) + x.shape[1:])
+        return None, (jnp.broadcast_to(shared, (n,) + shared.shape[1:]),
+                      s.reshape(n, rows * m))
+
     def tangent(self, p, x, xdot, pdot):
         (w, _), (vw, vb) = p, pdot
         return xdot @ w + x @ vw + _last(vb, x.ndim)
@@ -267,6 +304,42 @@ class Conv2d(Layer):
         gw = jnp.einsum("nkgol,ngcl->nkgoc", cg, patches, precision=conv.HIGHEST)
         return cx, (gw.reshape(n, k, o, c_g, kh, kw), c.sum(axis=(3, 4)))
 
+    def diagonal_from(self, p, x, s):
+        """diag(s) at y: ∂y[o, i, j]/∂W[o, c, a, β] = X̃[c, i s + a d, j s + β d], so
+        diag W is the weight gradient of X̃² against s, diag b = Σ s."""
+        g = self.geometry(x, *p)
+        return conv.weight_gradient(x * x, s, g), s.sum(axis=(0, 2, 3))
+
+    def block_diagonal(self, p, x, b):
+        """From Ω_y's channel blocks B (N, O, L, L): ∂y[o, l]/∂W[o, c, a, β] = P[c a β, l]
+        (the im2col patches), so diag W[o, i] = Σₙ Σ_{l,m} P[i, l] B[o, l, m] P[i, m],
+        and diag b[o] = Σₙ Σ_{l,m} B[o, l, m]: N O L² C_g kh kw flops, no column."""
+        w, bias = p
+        g = self.geometry(x, w, bias)
+        n, (o, c_g, kh, kw) = x.shape[0], w.shape
+        patches = im2col.im2col(x, g).reshape(g.groups, c_g * kh * kw, n, -1)
+        bg = b.reshape(n, g.groups, o // g.groups, b.shape[-2], b.shape[-1])
+        dw = jnp.einsum("ginl,ngolm,ginm->goi", patches, bg, patches,
+                        precision=conv.HIGHEST)
+        return dw.reshape(w.shape), b.sum(axis=(0, 2, 3))
+
+    def pull_diagonal(self, p, x, s):
+        """J_xᵀ diag(s) J_x with J_x the same for every sample: the U = O Ho Wo unit
+        images pulled back once (shared columns, weights s), or, when U > 2 C H W, the
+        per-sample C H W square formed from them and written as signed columns."""
+        w, b = p
+        g = self.geometry(x, w, b)
+        n, units = s.shape[0], int(np.prod(s.shape[1:]))
+        eye = jnp.eye(units, dtype=x.dtype).reshape((units,) + s.shape[1:])
+        shared = conv.input_gradient(eye, w, g)               # (U, C, H, W)
+        f = int(np.prod(x.shape[1:]))
+        if units > 2 * f:
+            r = shared.reshape(units, f)
+            c, weights = signed_columns(jnp.einsum("ui,nu,uj->nij", r, s.reshape(n, units), r))
+            return None, (c.reshape((n, 2 * f) + x.shape[1:]), weights)
+        return None, (jnp.broadcast_to(shared[None], (n,) + shared.shape),
+                      s.reshape(n, units))
+
     def tangent(self, p, x, xdot, pdot):
         (w, b), (vw, vb) = p, pdot
         g = self.geometry(x, w, b)
@@ -316,6 +389,23 @@ class Act(Layer):
     def tangent(self, p, state, xdot, pdot):
         return self.slope(state) * xdot
 
+    def pull_diagonal(self, p, state, s):
+        """D diag(s) D = diag(f'² s): a diagonal stays diagonal."""
+        return s * self.slope(state) ** 2, None
+
+    def pull_blocks(self, p, state, b):
+        """D B D per channel block: B[c, i, j] f'_ci f'_cj."""
+        slope = self.slope(state)
+        slope = slope.reshape(slope.shape[:2] + (-1,))
+        return b * slope[..., :, None] * slope[..., None, :]
+
+    def second_order_diagonal(self, p, state, dy):
+        """T_xx = diag(δ ⊙ f''(z)) kept as a diagonal (None for relu, leaky_relu)."""
+        if self.activation in _FLAT:
+            return None
+        z, a = state
+        return dy * self.activation.d2f_from(z, a)
+
     def backward_tangent(self, p, state, dy, xdot, pdot, dydot):
         z, a = state
         return self.activation.d2f_from(z, a) * xdot * dy + self.slope(state) * dydot, ()
@@ -353,6 +443,18 @@ class _Pool(Layer):
         dx = self.backward(p, _repeat(x, c.shape[1]), _columns(c))[0]
         return _split(dx, c.shape[0]), ()
 
+    def pull_blocks(self, p, x, b):
+        """Sᵀ B S per channel, S[n, c, q, i] = ∂y[n, c, q]/∂x[n, c, i] (a pool never mixes
+        channels): S from the backward of the Q = Ho Wo unit images, every channel at once."""
+        n, ch = x.shape[:2]
+        out = self.out_shape(x.shape, "")[2:]
+        q = int(np.prod(out))
+        eye = jnp.broadcast_to(jnp.eye(q, dtype=x.dtype).reshape(q, 1, 1, *out),
+                               (q, n, ch) + out).reshape((q * n, ch) + out)
+        xs = jnp.broadcast_to(x[None], (q,) + x.shape).reshape((q * n,) + x.shape[1:])
+        jac = self.backward(p, xs, eye)[0].reshape(q, n, ch, -1).transpose(1, 2, 0, 3)
+        return jnp.einsum("ncqi,ncqr,ncrj->ncij", jac, b, jac)
+
 
 class MaxPool2d(_Pool):
     """y = the max of each window of x (padded with -inf), as manual.pool.
@@ -367,6 +469,11 @@ class MaxPool2d(_Pool):
 
     def backward(self, p, x, dy):
         return pool.max_pool2d_backward(x, dy, **self.options), ()
+
+    def pull_diagonal(self, p, x, s):
+        """J routes each output to its input argmax a(u), so Jᵀ diag(s) J = Σ_u s_u
+        e_a(u) e_a(u)ᵀ is diagonal: s routed like δ."""
+        return self.backward(p, x, s)[0], None
 
     def tangent(self, p, x, xdot, pdot):
         g = pool.pool_geometry(x, **self.options)
@@ -409,6 +516,9 @@ class Flatten(Layer):
 
     def pullback(self, p, shape, c):
         return c.reshape(c.shape[:2] + shape[1:]), ()
+
+    def pull_diagonal(self, p, shape, s):
+        return s.reshape(shape), None
 
     def tangent(self, p, shape, xdot, pdot):
         return xdot.reshape(xdot.shape[0], -1)
@@ -568,8 +678,8 @@ class LayerNorm(Layer):
 
 def _dense_second_order(layer, p, state, dy, x):
     """T_xx of ``layer`` per sample from its R-op, e_j for every sample at once (T_xx is
-    block-diagonal over samples), then factored by its eigenvectors: columns (N, F, ...)
-    with the eigenvalues as weights, F the per-sample input size."""
+    block-diagonal over samples), then written as signed columns (manual/_factor.py): 2F columns per sample, F the per-sample
+    input size."""
     n, f = x.shape[0], int(np.prod(x.shape[1:]))
     zero_p = {name: jnp.zeros_like(w) for name, w in p.items()}
     zero_dy = jnp.zeros_like(dy)
@@ -581,9 +691,8 @@ def _dense_second_order(layer, p, state, dy, x):
 
     t = lax.map(column, jnp.arange(f), batch_size=min(f, 64))     # (F, N, F): T[:, n, j]
     t = t.transpose(1, 0, 2)
-    t = 0.5 * (t + t.transpose(0, 2, 1))
-    values, vectors = jnp.linalg.eigh(t)
-    return vectors.transpose(0, 2, 1).reshape((n, f) + x.shape[1:]), values
+    c, weights = signed_columns(0.5 * (t + t.transpose(0, 2, 1)))
+    return c.reshape((n, 2 * f) + x.shape[1:]), weights
 
 
 class SelfAttention(Layer):
@@ -605,7 +714,7 @@ class SelfAttention(Layer):
 
     Second order. T_xx is dense per sample (T D x T D: the softmax couples every
     position): it is formed from the R-op along the T D unit tangents (all samples at
-    once) and factored by its eigenvectors, T D columns per sample. T_θθ: along one
+    once) and written as 2 T D signed columns per sample (manual/_factor.py). T_θθ: along one
     entry W_q[d, e] (head h of e), Ṡ[t, r] = x[t, d] K[r, e]/√d and S is linear in W_q,
     so only the softmax curves: ∂²(δ·y)/∂W_q[d,e]² = Σ_t Ṡ_tᵀ (diag(dS_t) - dS_t P_tᵀ -
     P_t dS_tᵀ) Ṡ_t (the Hessian of Σ_s P_ts u_s in S_t, u = dP_t, is diag(g) - g pᵀ - p gᵀ

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manual._checks import require_float, require_rank
+from manual._factor import signed_columns
 from manual.types import Array, ArrayLike
 
 __all__ = ["LOSSES", "Loss", "LossLike", "get", "mse", "softmax_cross_entropy"]
@@ -87,6 +88,10 @@ class Loss:
       hessian_vp: optional (logits, y, v) -> (N, M), each sample's Hessian times its row
         of v (no 1/N), for Hessian-vector products that need not form (N, M, M); by
         default the product with ``hessian``.
+      hessian_columns: optional (logits, y) -> (c (N, K, M), w (N, K)) with each
+        sample's Hessian Σ_k w_k c_k c_kᵀ (no 1/N), the factored form manual.network
+        starts its second-order costate from; by default the 2M signed columns of
+        ``hessian`` (manual/_factor.py).
 
     Raises:
       ValueError: a name that is not a string, or value, grad, hessian, check not callable.
@@ -103,20 +108,23 @@ class Loss:
         [[0.5], [0.5]]
     """
 
-    def __init__(self, name: str, value, grad, hessian, *, check=None, hessian_vp=None):
+    def __init__(self, name: str, value, grad, hessian, *, check=None, hessian_vp=None,
+                 hessian_columns=None):
         if not isinstance(name, str):
             raise ValueError(f"Loss name must be a string, got {type(name).__name__}")
         for arg, fn in (("value", value), ("grad", grad), ("hessian", hessian)):
             if not callable(fn):
                 raise ValueError(f"Loss {name!r}: {arg} must be callable, got "
                                  f"{type(fn).__name__}")
-        for arg, fn in (("check", check), ("hessian_vp", hessian_vp)):
+        for arg, fn in (("check", check), ("hessian_vp", hessian_vp),
+                        ("hessian_columns", hessian_columns)):
             if fn is not None and not callable(fn):
                 raise ValueError(f"Loss {name!r}: {arg} must be callable or None, got "
                                  f"{type(fn).__name__}")
         self.name, self._value, self._grad, self._hessian = name, value, grad, hessian
         self._check = _check_batch if check is None else check
         self._hessian_vp = hessian_vp
+        self._hessian_columns = hessian_columns
 
     def value(self, logits: ArrayLike, y: ArrayLike) -> Array:
         """The batch-mean loss, a scalar of the logits' dtype."""
@@ -139,6 +147,14 @@ class Loss:
         if self._hessian_vp is not None:
             return self._hessian_vp(logits, y, v)
         return jnp.einsum("nab,nb->na", self._hessian(logits, y), v)
+
+    def hessian_columns(self, logits: ArrayLike, y: ArrayLike) -> tuple:
+        """Each sample's Hessian as signed columns: (c (N, K, M), w (N, K)) with
+        Hₙ = Σ_k w_nk c_nk c_nkᵀ (not divided by N)."""
+        self._check(logits, y)
+        if self._hessian_columns is not None:
+            return self._hessian_columns(logits, y)
+        return signed_columns(self._hessian(logits, y))
 
     def __repr__(self):
         if LOSSES.get(self.name) is self:
@@ -189,6 +205,12 @@ def _mse_grad(z, y):
     return (z - y) / z.shape[0]
 
 
+def _mse_columns(z, y):
+    n, m = z.shape  # I = Σ_m e_m e_mᵀ
+    return (jnp.broadcast_to(jnp.eye(m, dtype=z.dtype), (n, m, m)),
+            jnp.ones((n, m), z.dtype))
+
+
 def _mse_hessian(z, y):
     n, m = z.shape
     return jnp.broadcast_to(jnp.eye(m, dtype=z.dtype), (n, m, m))
@@ -228,15 +250,23 @@ def _ce_hessian(z, y):
     return p[:, :, None] * eye[None, :, :] - p[:, :, None] * p[:, None, :]
 
 
+def _ce_columns(z, y):
+    # diag p - p pᵀ = Σ_m p_m (e_m - p)(e_m - p)ᵀ  (Σ_m p_m = 1)
+    p = jnp.exp(_log_softmax(z))
+    eye = jnp.eye(z.shape[1], dtype=z.dtype)
+    return eye[None] - p[:, None, :], p
+
+
 def _ce_hessian_vp(z, y, v):
     p = jnp.exp(_log_softmax(z))  # (diag p - p pᵀ) v = p ⊙ (v - p·v)
     return p * (v - jnp.sum(p * v, axis=1, keepdims=True))
 
 
 mse = Loss("mse", _mse_value, _mse_grad, _mse_hessian, check=_check_mse,
-           hessian_vp=lambda z, y, v: v)
+           hessian_vp=lambda z, y, v: v, hessian_columns=_mse_columns)
 softmax_cross_entropy = Loss("softmax_cross_entropy", _ce_value, _ce_grad, _ce_hessian,
-                             check=_check_labels, hessian_vp=_ce_hessian_vp)
+                             check=_check_labels, hessian_vp=_ce_hessian_vp,
+                             hessian_columns=_ce_columns)
 
 LOSSES = {loss.name: loss for loss in (mse, softmax_cross_entropy)}
 

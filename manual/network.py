@@ -87,6 +87,7 @@ import numpy as np
 from jax import lax
 
 from manual import losses as _losses
+from manual._factor import signed_columns
 from manual._network_layers import (
     Act,
     AvgPool2d,
@@ -238,55 +239,128 @@ def grad(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
 # --- the column recursion ----------------------------------------------------------------
 
 def _compress(c, w):
-    """Columns replaced by the eigenvectors of Ω = Σ w c cᵀ, when fewer (exact)."""
+    """Columns replaced by 2F signed columns of Ω = Σ w c cᵀ (manual/_factor.py) when
+    they outnumber 4F, F the per-sample size (exact)."""
     n, k = c.shape[:2]
     f = int(np.prod(c.shape[2:]))
-    if k <= 2 * f:
+    if k <= 4 * f:
         return c, w
     flat = c.reshape(n, k, f)
-    omega = jnp.einsum("nki,nk,nkj->nij", flat, w, flat)
-    values, vectors = jnp.linalg.eigh(omega)
-    return vectors.transpose(0, 2, 1).reshape(c.shape[:1] + (f,) + c.shape[2:]), values
+    c2, w2 = signed_columns(jnp.einsum("nki,nk,nkj->nij", flat, w, flat))
+    return c2.reshape(c.shape[:1] + (2 * f,) + c.shape[2:]), w2
 
 
-def _push(layers, params, states, dys, c, w, visit, exact, path=(), top=True):
-    """Carry the columns (c, w) from the output of ``layers`` to its input, calling
-    visit(path, layer, p, state, dy, c, g, w) at every layer with parameters (c the
-    columns at its output, g their parameter gradients, leaves (N, K, ...))."""
+def _join(c, w, extra):
+    if extra is None:
+        return c, w
+    return jnp.concatenate([c, extra[0]], axis=1), jnp.concatenate([w, extra[1]], axis=1)
+
+
+def _unit_columns(s):
+    """diag(s) as one one-hot column per unit, weights s."""
+    n, units = s.shape[0], int(np.prod(s.shape[1:]))
+    eye = jnp.eye(units, dtype=s.dtype).reshape((1, units) + s.shape[1:])
+    return jnp.broadcast_to(eye, (n, units) + s.shape[1:]), s.reshape(n, units)
+
+
+def _block_run(layers):
+    """(bottom, top) when the lowest layer with parameters, at ``bottom``, is a Conv2d and
+    the layers bottom+1..top keep channels apart (Act, the pools): there its weights'
+    diagonal needs only the channel blocks of Ω, which those layers carry; else None."""
+    with_params = [i for i, layer in enumerate(layers) if layer.has_params]
+    if not with_params or not isinstance(layers[with_params[0]], Conv2d):
+        return None
+    bottom = top = with_params[0]
+    while top + 1 < len(layers) and isinstance(layers[top + 1], (Act, AvgPool2d, MaxPool2d)):
+        top += 1
+    return bottom, top
+
+
+def _blocks(c, w, s):
+    """The channel blocks B (N, C, L, L) of Σ w c cᵀ + diag(s), c (N, K, C, H, W)."""
+    n, k, ch = c.shape[:3]
+    flat = c.reshape(n, k, ch, -1)
+    b = jnp.einsum("nkci,nk,nkcj->ncij", flat, w, flat)
+    if s is not None:
+        b = b + _diag_embed(s.reshape(n, ch, -1))
+    return b
+
+
+def _diag_embed(d):
+    """(..., L) -> (..., L, L) with d on the diagonal."""
+    eye = jnp.eye(d.shape[-1], dtype=d.dtype)
+    return d[..., :, None] * eye.reshape((1,) * (d.ndim - 1) + eye.shape)
+
+
+def _push_blocks(layers, params, states, dys, b, visit, exact, run):
+    """The channel blocks from the output of layers[top] down to layers[bottom]."""
+    bottom, top = run
+    for i in range(top, bottom, -1):
+        layer, p, state, dy = layers[i], params[i], states[i], dys[i]
+        b = layer.pull_blocks(p, state, b)
+        t = layer.second_order_diagonal(p, state, dy) if exact else None
+        if t is not None:
+            b = b + _diag_embed(t.reshape(t.shape[:2] + (-1,)))
+    visit((bottom,), layers[bottom], params[bottom], states[bottom], dys[bottom], None,
+          None, None, None, b)
+
+
+def _push(layers, params, states, dys, c, w, visit, exact, diagonal=False, s=None, path=(),
+          top=True):
+    """Carry Ω = Σ w c cᵀ + diag(s) from the output of ``layers`` to its input, calling
+    visit(path, layer, p, state, dy, c, g, w, s, b) at every layer with parameters (c the
+    columns at its output, g their parameter gradients, leaves (N, K, ...), s the
+    diagonal part there or None, b None). ``diagonal``: the activations' f'' terms are
+    carried as diagonals (s) while the layers below take them (pull_diagonal), else as
+    columns; and below the last layer that mixes channels, when they are fewer than the
+    columns, Ω's channel blocks (b (N, C, L, L); then c, g, w and s are None)."""
+    run = _block_run(layers) if diagonal and top else None
     for i in reversed(range(len(layers))):
         layer, p, state, dy = layers[i], params[i], states[i], dys[i]
+        if run is not None and i == run[1] and int(np.prod(dys[run[0]].shape[2:])) < c.shape[1]:
+            _push_blocks(layers, params, states, dys, _blocks(c, w, s), visit, exact, run)
+            return None, None, None
         if isinstance(layer, Residual):
+            if s is not None:        # the skip's cross terms need s as columns
+                c, w = _join(c, w, _unit_columns(s))
+                s = None
             inner_dys = stack_backward(layer.layers, p, state, dy)[2]
-            branch, w_branch = _push(layer.layers, p, state, inner_dys, c, w, visit, exact,
-                                     path + (i,), top=False)
+            branch, w_branch, s = _push(layer.layers, p, state, inner_dys, c, w, visit,
+                                        exact, diagonal, None, path + (i,), top=False)
             c, w = layer.join_columns(c, branch, w, w_branch)
         else:
+            pulled = None if s is None else layer.pull_diagonal(p, state, s)
+            if s is not None and pulled is None:
+                c, w = _join(c, w, _unit_columns(s))
+                s = None
             c_in, g = layer.pullback(p, state, c)
             if layer.has_params:
-                visit(path + (i,), layer, p, state, dy, c, g, w)
-            c = c_in
+                visit(path + (i,), layer, p, state, dy, c, g, w, s, None)
+            s, extra = (None, None) if pulled is None else pulled
+            c, w = _join(c_in, w, extra)
             if exact:
-                extra = layer.second_order(p, state, dy)
-                if extra is not None:
-                    c = jnp.concatenate([c, extra[0]], axis=1)
-                    w = jnp.concatenate([w, extra[1]], axis=1)
+                t = layer.second_order_diagonal(p, state, dy) if diagonal else None
+                if t is not None:
+                    s = t if s is None else s + t
+                else:
+                    c, w = _join(c, w, layer.second_order(p, state, dy))
         if top and exact:
             c, w = _compress(c, w)
-    return c, w
+    return c, w, s
 
 
 def _top_columns(loss, z, y):
-    """Ω_top = ℓ''(z)/N per sample as its eigenvectors (N, M, M) and eigenvalues / N."""
-    values, vectors = jnp.linalg.eigh(loss.hessian(z, y))
-    return vectors.transpose(0, 2, 1), values / z.shape[0]
+    """Ω_top = ℓ''(z)/N per sample as signed columns (N, K, M) and weights / N."""
+    c, w = loss.hessian_columns(z, y)
+    return c, w / z.shape[0]
 
 
-def _collect(net, params, x, y, loss, exact, visit):
+def _collect(net, params, x, y, loss, exact, visit, diagonal=False):
     loss, z, states, _, dys = _first_order(net, params, x, y, loss)
     c, w = _top_columns(loss, z, y)
     found = {}
     _push(tuple(net), params, states, dys, c, w,
-          lambda path, *args: found.__setitem__(path, visit(*args)), exact)
+          lambda path, *args: found.__setitem__(path, visit(*args)), exact, diagonal)
     return found
 
 
@@ -304,11 +378,15 @@ def _rebuild(net, params, found, fill):
 
 
 def _diagonal(net, params, x, y, loss, exact):
-    def visit(layer, p, state, dy, c, g, w):
-        d = layer.column_diagonal(p, state, c, g, w)
-        own = layer.own_diagonal(p, state, dy) if exact else None
-        return d if own is None else _map(jnp.add, d, own)
-    return _rebuild(net, params, _collect(net, params, x, y, loss, exact, visit), tuple)
+    def visit(layer, p, state, dy, c, g, w, s, b):
+        d = layer.column_diagonal(p, state, c, g, w) if b is None else \
+            layer.block_diagonal(p, state, b)
+        for more in (layer.own_diagonal(p, state, dy) if exact else None,
+                     None if s is None else layer.diagonal_from(p, state, s)):
+            d = d if more is None else _map(jnp.add, d, more)
+        return d
+    return _rebuild(net, params, _collect(net, params, x, y, loss, exact, visit, True),
+                    tuple)
 
 
 def hessian_diagonal(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
@@ -347,7 +425,7 @@ def hessian_blocks(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
     """The diagonal blocks H_θθ = Σₙ J_θᵀ Ω_y J_θ + T_θθ, one (P_l, P_l) per layer with
     parameters, in the order the layers appear (depth first into Residual), each in the
     ravel order of its params. Arguments as ``hessian_diagonal``."""
-    def visit(layer, p, state, dy, c, g, w):
+    def visit(layer, p, state, dy, c, g, w, s, b):
         rows = _rows(g)
         block = rows.T @ (w.reshape(-1, 1) * rows)
         own = layer.own_block(p, state, dy)
@@ -375,7 +453,7 @@ def per_sample_grads(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
     c = (z.shape[0] * loss.grad(z, y))[:, None]
     found = {}
     _push(tuple(net), params, states, dys, c, jnp.ones(c.shape[:2], z.dtype),
-          lambda path, layer, p, state, dy, c, g, w: found.__setitem__(
+          lambda path, layer, p, state, dy, c, g, w, s, b: found.__setitem__(
               path, _map(lambda a: a[:, 0], g)), False)
     return _rebuild(net, params, found,
                     lambda p: _map(lambda a: jnp.zeros((z.shape[0],) + a.shape, a.dtype), p))

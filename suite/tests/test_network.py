@@ -343,6 +343,9 @@ class _NoCurvatureAct(nw.Act):
     def second_order(self, p, state, dy):
         return None
 
+    def second_order_diagonal(self, p, state, dy):  # the same term, as a diagonal
+        return None
+
 
 class _TransposedConv(nw.Conv2d):
     """The input gradient with the kernel not flipped: a transposed conv rule."""

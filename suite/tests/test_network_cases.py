@@ -135,6 +135,9 @@ class _NoCurvatureAct(network.Act):
     def second_order(self, p, state, dy):
         return None
 
+    def second_order_diagonal(self, p, state, dy):  # the same term, as a diagonal
+        return None
+
 
 class _UnflippedConv(network.Conv2d):
     """The columns pulled through J_xᵀ with the kernel as it is, where the transpose
