@@ -678,8 +678,8 @@ class LayerNorm(Layer):
 
 def _dense_second_order(layer, p, state, dy, x):
     """T_xx of ``layer`` per sample from its R-op, e_j for every sample at once (T_xx is
-    block-diagonal over samples), then written as signed columns (manual/_factor.py): 2F columns per sample, F the per-sample
-    input size."""
+    block-diagonal over samples), then written as signed columns (manual/_factor.py):
+    2F columns per sample, F the per-sample input size."""
     n, f = x.shape[0], int(np.prod(x.shape[1:]))
     zero_p = {name: jnp.zeros_like(w) for name, w in p.items()}
     zero_dy = jnp.zeros_like(dy)
