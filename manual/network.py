@@ -36,25 +36,45 @@ off-diagonal blocks). Residual: Ω_x = (I + J_f)ᵀ Ω_y (I + J_f) + T_f.
 
 **Which Ω is dense, which factored.** Ω is carried factored, per sample, as signed
 columns: Ω = Σ_k w_k c_k c_kᵀ, c (N, K, *shape), w (N, K). At the logits K = M (the
-eigenvectors of ℓ'' with its eigenvalues / N: the Gauss-Newton part has as many columns
-as logits). J_xᵀ maps columns to columns (the layer's first-order backward over N·K
-images: no vmap, the column axis rides with the batch), and each column's own
-parameter gradient g = c J_θ gives the block Σ w g gᵀ and the diagonal Σ w g² — no
-(P, P) matrix is ever formed for the diagonal. The T_xx terms join as more columns:
+loss's own factor of ℓ'', over N: for softmax cross-entropy diag p - p pᵀ = Σ_m p_m
+(e_m - p)(e_m - p)ᵀ; a Loss without one gets 2M signed columns). J_xᵀ maps columns to
+columns (the layer's first-order backward over N·K images: no vmap, the column axis
+rides with the batch), and each column's own parameter gradient g = c J_θ gives the
+block Σ w g gᵀ and the diagonal Σ w g² — no (P, P) matrix is ever formed for the
+diagonal. The T_xx terms join as more columns:
 
-    Act            diag(δ ⊙ f''(z)): U one-hot columns (U units per sample; none for
-                   relu, leaky_relu)
+    Act            diag(δ ⊙ f''(z)) (none for relu, leaky_relu); for the diagonal it
+                   stays a diagonal part diag(s) of Ω (below), else U one-hot columns
     LayerNorm      dense per row, D x D: exactly D + 4 columns per row (its docstring)
     SelfAttention  dense per sample, T D x T D: from the R-op along T D unit tangents,
-                   factored by eigenvectors (T D columns); its T_θθ is closed form on
-                   the diagonal and from the R-op along 4 D² tangents for the block
+                   written as 2 T D signed columns; its T_θθ is closed form on the
+                   diagonal and from the R-op along 4 D² tangents for the block
     the rest       0 (linear in x, or max pooling: 0 almost everywhere)
 
-When the columns at a top-level layer boundary outnumber twice the per-sample size F
-there, they are compressed exactly: Ω (N, F, F) formed and replaced by its
-eigenvectors (F columns). Cost of the diagonal: one pullback of K columns per layer,
-K = M plus the columns added above; e.g. the ResNet block (relu) costs M = 10
-backward passes plus the per-column weight gradients, 2 N M P flops.
+No eigendecomposition is used anywhere: a symmetric Ω (F x F) becomes 2F signed columns
+e_f ± t_f Ω_f (manual/_factor.py). When the columns at a top-level layer boundary
+outnumber 4F, they are replaced so.
+
+**The diagonal's cheaper forms** (``hessian_diagonal``, ``gauss_newton_diagonal``):
+
+    diagonal part  Ω = Σ w c cᵀ + diag(s). An activation's f'' term is s; Act maps s to
+                   f'² s, max pooling routes it like δ (each output reads one input),
+                   Flatten reshapes it. Linear and Conv2d take its share of their
+                   diagonal in closed form (Σ x² s: the weight gradient of x² against
+                   s) and pass Jᵀ diag(s) J on as shared columns, one per output unit,
+                   pulled back once for the whole batch (J_x is W for every sample).
+                   Any other layer, and a Residual, turns s into one-hot columns.
+    channel blocks Below the last layer that mixes channels, when the lowest layer
+                   with parameters is a Conv2d reached through Act and pools only, its
+                   weights' diagonal needs only Ω's channel blocks B (N, C, L, L),
+                   L = H W: diag W[o, i] = Σₙ Σ_{l,m} P[i, l] B[o, l, m] P[i, m] with P
+                   the im2col patches. The blocks replace the columns there when L is
+                   smaller than their number K (N C L² numbers instead of N K C L).
+
+Cost on the bench's CNN (tanh, 256 units under its second conv): 10 Gauss-Newton
+columns, the f'' term as s, 266 columns at the first pooling's output turned into
+8 channel blocks of 16 x 16: about 17 times one gradient. The ResNet block (relu)
+costs M = 10 backward passes plus the per-column weight gradients, 2 N M P flops.
 
 ``hvp`` is Pearlmutter's R-op, hand-derived per layer (``tangent`` and
 ``backward_tangent``): one forward tangent pass and one differentiated backward,
