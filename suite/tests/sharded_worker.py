@@ -23,10 +23,11 @@ import sys
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from manual import conv, mlp, rnn, stagewise
+from manual import conv, mlp, network, rnn, stagewise
 from reference import autodiff
 from suite import compare as cmp
 from suite import sharded
@@ -60,17 +61,33 @@ MESHES = meshes()
 FUNCTIONS = ("mlp_grad", "conv2d_backward", "rnn_backward", "hessian")
 # Which functions run on the Auto mesh (one of each kind of output is enough there).
 AUTO_FUNCTIONS = ("mlp_grad", "hessian")
+# manual.network's data-parallel functions, on the meshes that split the batch
+NETWORK_FUNCTIONS = ("network_grad", "network_hessian_diagonal", "network_per_sample_grads")
+NETWORK_MESHES = ("data4", "data2-model2")
+
+
+def functions(label, axis_type):
+    """The functions compared on the mesh ``label``."""
+    if axis_type == AxisType.Auto:
+        return AUTO_FUNCTIONS
+    return FUNCTIONS + (NETWORK_FUNCTIONS if label in NETWORK_MESHES else ())
+
+
 PLANTED = ("mlp_grad: missing psum", "mlp_grad: shard gradient not rescaled",
            "mlp_grad: l2 added per shard", "hessian: every device computes rows 0..R",
            "hessian: missing psum over data", "hessian: l2 added unscaled per shard",
            "conv2d_backward: dw not summed over shards",
+           "network_grad: missing psum", "network_hessian_diagonal: shard not rescaled",
+           "network_per_sample_grads: scaled by n_s / N",
            "rnn_backward: dparams not summed over shards",
            "registry: one-element slip in the sharded Hessian")
 # bad call -> the argument its ValueError must name first
 BAD_INPUTS = {"mesh is not a Mesh": "mesh", "mesh without a data axis": "mesh",
               "mlp_grad: batch 6 on data=4": "x", "conv2d_backward: batch 6 on data=4": "x",
               "rnn_backward: batch 6 on data=4": "xs", "hessian: batch 6 on data=4": "x",
-              "hessian: P=66 on model=4": "mesh", "hessian: mesh without a data axis": "mesh"}
+              "hessian: P=66 on model=4": "mesh", "hessian: mesh without a data axis": "mesh",
+              "network_grad: batch 6 on data=4": "x",
+              "network_hessian_diagonal: mesh without a data axis": "mesh"}
 # Through run_case as the report runs them; the conv case is one whose reference XLA would
 # get wrong if it were compiled into the sharded program (see suite/run.py).
 REGISTRY_CASES = ("sharded/hessian/data2-model2-softplus-mse-l20",
@@ -79,6 +96,39 @@ REGISTRY_CASES = ("sharded/hessian/data2-model2-softplus-mse-l20",
 MLP = dict(widths=[5, 6, 4], n=8, activation="tanh", loss="softmax_cross_entropy", l2=0.1)
 HESSIAN = dict(widths=[3, 4, 4, 4], n=8, activation="softplus", loss="mse", l2=0.1)  # P = 56
 CONV = dict(stride=2, padding=1, groups=2)
+# A CNN whose diagonal takes every cheaper path (f'' as a diagonal, shared columns,
+# channel blocks): x (8, 2, 4, 4), P = 183
+NET = (network.Conv2d(padding=1), network.Act("tanh"), network.MaxPool2d(2),
+       network.Conv2d(padding=1), network.Act("tanh"), network.Flatten(), network.Linear())
+NET_LOSS = "softmax_cross_entropy"
+
+
+def _network_inputs(n=8):
+    k = split(jax.random.PRNGKey(3), ["p", "x", "y"])
+    params = network.init(NET, k["p"], (n, 2, 4, 4), ((3, 3), None, None, (6, 3), None,
+                                                       None, 3), dtype=jnp.float64)
+    return (params, normal(k["x"], (n, 2, 4, 4), "float64"),
+            jax.random.randint(k["y"], (n,), 0, 3))
+
+
+def _network_oracles():
+    """name -> (manual.network on one device, autodiff on one device)."""
+    def loss(p, x, y):
+        return network.loss(NET, p, x, y, loss=NET_LOSS)
+
+    def diagonal(p, x, y):
+        flat, unravel = ravel_pytree(p)
+        return unravel(jnp.diagonal(jax.hessian(lambda f: loss(unravel(f), x, y))(flat)))
+
+    def per_sample(p, x, y):
+        return jax.vmap(lambda xi, yi: jax.grad(loss)(p, xi[None], yi[None]),
+                        out_axes=0)(x, y)
+    kw = dict(loss=NET_LOSS)
+    return {"network_grad": (lambda *a: network.grad(NET, *a, **kw), jax.grad(loss)),
+            "network_hessian_diagonal": (lambda *a: network.hessian_diagonal(NET, *a, **kw),
+                                         diagonal),
+            "network_per_sample_grads": (lambda *a: network.per_sample_grads(NET, *a, **kw),
+                                         per_sample)}
 
 
 def make_mesh(shape, axis_type, platform=None):
@@ -133,7 +183,11 @@ def _programs(mesh):
         return tuple(autodiff.vjp(forward, (params, xs, h0), dhs))
 
     m, h = _net(MLP), _net(HESSIAN)
-    return {
+    nets = {name: (lambda *a, name=name: getattr(sharded, name)(NET, *a, mesh=mesh,
+                                                              loss=NET_LOSS),
+                   single, auto, _network_inputs())
+            for name, (single, auto) in _network_oracles().items()}
+    return nets | {
         "mlp_grad": (lambda *a: sharded.mlp_grad(*a, mesh=mesh, **kw),
                      lambda *a: mlp.grad(*a, **kw),
                      lambda *a: jax.grad(mlp.loss)(*a, **kw),
@@ -171,7 +225,7 @@ def comparisons(platform=None, count=DEVICES):
     out = {}
     for label, shape, axis_type in meshes(count):
         mesh = make_mesh(shape, axis_type, platform)
-        for name in AUTO_FUNCTIONS if axis_type == AxisType.Auto else FUNCTIONS:
+        for name in functions(label, axis_type):
             sharded_fn, single_fn, autodiff_fn, args = _programs(mesh)[name]
             key = (name, mesh.shape["data"] == 2 and name == "rnn_backward")
             if key not in oracles:
@@ -185,6 +239,8 @@ def comparisons(platform=None, count=DEVICES):
                 entry["n_model"] = shape.get("model", 1)
             elif name == "conv2d_backward":
                 entry["layout"] = _layout(result[0])  # dx stays split over data
+            elif name == "network_per_sample_grads":
+                entry["layout"] = _layout(result[0][0])  # each leaf split over data
             out[f"{label}/{name}"] = entry
     return out
 
@@ -270,6 +326,24 @@ def _rnn_mutant(mesh):
     return run
 
 
+def _network_mutant(mesh, kind):
+    def body(params, x, y):
+        share = 1.0 / mesh.shape["data"]
+        if kind == "per-sample scaled":
+            return jax.tree_util.tree_map(lambda t: t * share, network.per_sample_grads(
+                NET, params, x, y, loss=NET_LOSS))
+        if kind == "missing psum":
+            return jax.tree_util.tree_map(lambda t: t * share, network.grad(
+                NET, params, x, y, loss=NET_LOSS))
+        return lax.psum(network.hessian_diagonal(NET, params, x, y, loss=NET_LOSS), "data")
+
+    def run(params, x, y):
+        out = P("data") if kind == "per-sample scaled" else P()
+        return jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data"), P("data")),
+                             out_specs=out, check_vma=False)(params, x, y)
+    return run
+
+
 def planted(platform=None):
     """Each mutant against manual/ on one device: every one of them must FAIL."""
     data4 = make_mesh({"data": 4}, AxisType.Auto, platform)
@@ -293,6 +367,16 @@ def planted(platform=None):
     out = {}
     for name, (fn, net, single) in runs.items():
         result = jax.jit(fn)(net["params"], net["x"], net["y"])
+        out[name] = dict(passed=cmp.compare(result, single, "float64").passed)
+    net_args, oracles = _network_inputs(), _network_oracles()
+    for name, function, kind in (
+            ("network_grad: missing psum", "network_grad", "missing psum"),
+            ("network_hessian_diagonal: shard not rescaled", "network_hessian_diagonal",
+             "not rescaled"),
+            ("network_per_sample_grads: scaled by n_s / N", "network_per_sample_grads",
+             "per-sample scaled")):
+        result = jax.jit(_network_mutant(data4, kind))(*net_args)
+        single = jax.jit(oracles[function][0])(*net_args)
         out[name] = dict(passed=cmp.compare(result, single, "float64").passed)
     result = jax.jit(_conv_mutant(data4))(*conv_args)
     out["conv2d_backward: dw not summed over shards"] = dict(
@@ -343,6 +427,11 @@ def bad_inputs(platform=None):
                                      (p66["params"], p66["x"], p66["y"])),
         "hessian: mesh without a data axis": (fn(sharded.hessian, mesh=no_data, **hkw),
                                               (h["params"], h["x"], h["y"])),
+        "network_grad: batch 6 on data=4": (fn(sharded.network_grad, NET, mesh=data4,
+                                               loss=NET_LOSS), _network_inputs(n=6)),
+        "network_hessian_diagonal: mesh without a data axis": (
+            fn(sharded.network_hessian_diagonal, NET, mesh=no_data, loss=NET_LOSS),
+            _network_inputs()),
     }
     out = {}
     for name, (call, args) in calls.items():

@@ -56,8 +56,7 @@ def measured(tmp_path_factory, request) -> dict:
 
 
 COMPARISONS = [f"{label}/{fn}" for label, _, axis_type in worker.MESHES
-               for fn in (worker.AUTO_FUNCTIONS if axis_type == worker.AxisType.Auto
-                          else worker.FUNCTIONS)]
+               for fn in worker.functions(label, axis_type)]
 
 
 def test_the_worker_saw_four_devices(measured):
@@ -91,6 +90,14 @@ def test_hessian_is_sharded_by_rows_over_model(measured, label):
                                    if axis_type != worker.AxisType.Auto])
 def test_conv_input_gradient_stays_split_over_data(measured, label):
     layout = measured["comparisons"][f"{label}/conv2d_backward"]["layout"]
+    data = {name: shape for name, shape, _ in worker.MESHES}[label]["data"]
+    assert layout["spec"][0] == "data"
+    assert all(s["shape"][0] == layout["shape"][0] // data for s in layout["shards"])
+
+
+@pytest.mark.parametrize("label", worker.NETWORK_MESHES)
+def test_network_per_sample_grads_stay_split_over_data(measured, label):
+    layout = measured["comparisons"][f"{label}/network_per_sample_grads"]["layout"]
     data = {name: shape for name, shape, _ in worker.MESHES}[label]["data"]
     assert layout["spec"][0] == "data"
     assert all(s["shape"][0] == layout["shape"][0] // data for s in layout["shards"])
