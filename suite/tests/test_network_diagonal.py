@@ -1,6 +1,7 @@
 """The diagonal's cheaper forms in manual.network, each against jax.hessian of the
 independent plain forward (test_network.py), with a planted bug that FAILs; and the
-eigendecomposition-free factors they rest on (manual/_factor.py, Loss.hessian_columns)."""
+eigendecomposition-free factors they rest on (Loss.hessian_columns, whose default is the
+signed columns that also compress Ω)."""
 
 import functools
 
@@ -12,7 +13,6 @@ from jax.flatten_util import ravel_pytree
 
 from manual import losses
 from manual import network as nw
-from manual._factor import signed_columns
 from suite.tests.test_network import TOL, plain_loss
 
 # Each net takes one path of the diagonal that the registry's nets do not:
@@ -95,10 +95,14 @@ def _gram(c, w):
 
 
 def test_signed_columns_are_the_matrix():
+    """A Loss without its own factor gets the 2M signed columns of its Hessian, here an
+    indefinite one with a zero row (whose columns cancel exactly)."""
     a = np.random.default_rng(0).normal(size=(3, 6, 6))
     omega = a + a.transpose(0, 2, 1)
-    omega[1, 2, :] = omega[1, :, 2] = 0.0                  # a zero row cancels exactly
-    c, w = signed_columns(jnp.asarray(omega))
+    omega[1, 2, :] = omega[1, :, 2] = 0.0
+    indefinite = losses.Loss("indefinite", lambda z, y: jnp.sum(z), lambda z, y: z,
+                             lambda z, y: jnp.asarray(omega))
+    c, w = indefinite.hessian_columns(jnp.zeros((3, 6)), jnp.zeros((3, 6)))
     assert c.shape == (3, 12, 6) and w.shape == (3, 12)
     assert np.abs(_gram(c, w) - omega).max() <= 1e-14 * np.abs(omega).max()
     # planted: the minus half dropped is not Ω
