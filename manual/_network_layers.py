@@ -20,6 +20,10 @@ costate ∂²E/∂y∂y there):
     pull_blocks       for a layer that keeps channels apart (Act, the pools): the
                       channel blocks B (N, C, L, L) of Ω_y (L = H W) carried to x
     block_diagonal    Conv2d: Σₙ diag(J_θᵀ Ω_y J_θ) from Ω_y's channel blocks alone
+    piecewise_linear  True where T_xx = T_θθ = 0 almost everywhere (linear in x and in θ
+                      apart, relu's kinks aside): a stack of these has only the mixed terms
+    mixed             Linear, Conv2d: T_θx ẋ = ∂/∂ẋ (δ J_θ) ẋ, the parameter gradient with
+                      the input's tangent ẋ in place of x (the mixed term along ẋ)
     own_diagonal      diag T_θθ, T_θθ = Σ_k δ_k ∇²_θ y_k; None where F is linear in θ
     own_block         T_θθ as a (P_l, P_l) matrix (ravel order); None likewise
     tangent           ẏ = J_x ẋ + J_θ θ̇ (the forward R-op)
@@ -107,6 +111,7 @@ class Layer:
     that is linear in x."""
 
     has_params = False
+    piecewise_linear = True
 
     def check(self, p, shape: tuple, dtype, where: str) -> tuple:
         """Validate params p against an input of ``shape``; the output shape."""
@@ -139,6 +144,10 @@ class Layer:
 
     def own_block(self, p, state, dy):
         return None
+
+    def tangent_x(self, p, state, xdot):
+        """J_x ẋ, the tangent with θ̇ = 0."""
+        return self.tangent(p, state, xdot, _tree_map(jnp.zeros_like, p))
 
     def backward_tangent(self, p, state, dy, xdot, pdot, dydot):
         """For a layer linear in x with no parameters: (δ̇ J_x, ())."""
@@ -206,6 +215,14 @@ class Linear(Layer):
             dw = jnp.einsum("ntd,nud,nmtu->dm", x3, x3, omega)
         cb = c3.sum(axis=2)
         return (dw, jnp.einsum("nk,nkm->m", w, cb * cb))
+
+    def tangent_x(self, p, x, xdot):
+        return xdot @ p[0]
+
+    def mixed(self, p, x, dy, xdot):
+        """∂²(δ·y)/∂W∂x along ẋ: Σ ẋᵀ δ (b: 0)."""
+        rows = tuple(range(dy.ndim - 1))
+        return jnp.tensordot(xdot, dy, axes=(rows, rows)), jnp.zeros_like(p[1])
 
     def diagonal_from(self, p, x, s):
         """diag(s) at y: ∂y[r, m]/∂W[d, m] = x[r, d], so diag W = Σ x² s, diag b = Σ s."""
@@ -310,6 +327,14 @@ class Conv2d(Layer):
         g = self.geometry(x, *p)
         return conv.weight_gradient(x * x, s, g), s.sum(axis=(0, 2, 3))
 
+    def tangent_x(self, p, x, xdot):
+        return conv.correlate(xdot, p[0], self.geometry(x, *p))
+
+    def mixed(self, p, x, dy, xdot):
+        """∂²(δ·y)/∂W∂x along ẋ: the weight gradient of ẋ against δ (b: 0)."""
+        g = self.geometry(x, *p)
+        return conv.weight_gradient(xdot, dy, g), jnp.zeros_like(p[1])
+
     def block_diagonal(self, p, x, b):
         """From Ω_y's channel blocks B (N, O, L, L): ∂y[o, l]/∂W[o, c, a, β] = P[c a β, l]
         (the im2col patches), so diag W[o, i] = Σₙ Σ_{l,m} P[i, l] B[o, l, m] P[i, m],
@@ -368,6 +393,7 @@ class Act(Layer):
 
     def __init__(self, activation):
         self.activation = _activations.get(activation)
+        self.piecewise_linear = self.activation in _FLAT
 
     def __repr__(self):
         return f"Act({self.activation!r})"
@@ -588,6 +614,7 @@ class LayerNorm(Layer):
     """
 
     has_params = True
+    piecewise_linear = False
 
     def __init__(self, *, eps=1e-5):
         self.eps = eps
@@ -728,6 +755,7 @@ class SelfAttention(Layer):
     """
 
     has_params = True
+    piecewise_linear = False
     names = ("w_k", "w_o", "w_q", "w_v")  # ravel order: the keys sorted
 
     def __init__(self, heads, *, causal=False):
@@ -908,6 +936,7 @@ class Residual(Layer):
                                  f"{layer!r} at position {i}")
         self.layers = tuple(layers)
         self.has_params = any(layer.has_params for layer in layers)
+        self.piecewise_linear = all(layer.piecewise_linear for layer in layers)
 
     def __repr__(self):
         return "Residual(" + ", ".join(map(repr, self.layers)) + ")"

@@ -502,11 +502,75 @@ def hvp(net: Net, params: Params, x: ArrayLike, y: ArrayLike, v: Params, *,
     return stack_backward_tangent(tuple(net), params, states, dys, xdots, v, dydot)[1]
 
 
+def _mixed_rows(layers, params, states, dys, start, pdot, xdot=None, path=()):
+    """One tangent pass with θ̇ = pdot on the layer at ``start`` alone (None: a tangent
+    known to be zero, never computed): {path: T_θx ẋ} at every layer with parameters
+    after it, and the tangent at the output."""
+    rows = {}
+    for i, layer in enumerate(layers):
+        here, p, state, dy = path + (i,), params[i], states[i], dys[i]
+        if isinstance(layer, Residual):
+            inner_dys = stack_backward(layer.layers, p, state, dy)[2]
+            branch, inner = _mixed_rows(layer.layers, p, state, inner_dys, start, pdot,
+                                        xdot, here)
+            rows.update(inner)
+            xdot = branch if xdot is None else (xdot if branch is None else xdot + branch)
+        elif here == start:
+            xdot = layer.tangent(p, state, jnp.zeros_like(state) if xdot is None else xdot,
+                                 pdot)
+        elif xdot is not None:
+            if layer.has_params:
+                rows[here] = layer.mixed(p, state, dy, xdot)
+            xdot = layer.tangent_x(p, state, xdot)
+    return xdot, rows
+
+
+def _paths(layers, params, path=()):
+    """(path, layer, params) of every layer with parameters, in ravel order."""
+    out = []
+    for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
+        if isinstance(layer, Residual):
+            out += _paths(layer.layers, p, path + (i,))
+        elif layer.has_params:
+            out.append((path + (i,), layer, p))
+    return out
+
+
+def _piecewise_linear_hessian(net, params, x, y, loss):
+    """H = G + A + Aᵀ for a stack with T_xx = T_θθ = 0 (module doc): G the Gauss-Newton
+    Gram, A[j, i] = Σₙ T_θx ẋ at layer(i) along the unit tangent of θ_j, layer(i) after
+    layer(j) — one tangent pass from layer(j) up per parameter, no backward pass."""
+    loss_, z, states, _, dys = _first_order(net, params, x, y, loss)
+    paths = _paths(tuple(net), params)
+    sizes = [sum(int(np.size(a)) for a in leaves(p)) for _, _, p in paths]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    dtype = jnp.result_type(x)
+    blocks = []
+    for k, (path, _, p) in enumerate(paths):
+        def column(j, path=path, p=p, k=k):
+            pdot = _unravel(p, (jnp.arange(sizes[k]) == j).astype(dtype))
+            rows = _mixed_rows(tuple(net), params, states, dys, path, pdot)[1]
+            parts = [jnp.zeros((offsets[k + 1],), dtype)]
+            parts += [jnp.concatenate([a.ravel() for a in leaves(rows[q])])
+                      for q, _, _ in paths[k + 1:]]
+            return jnp.concatenate(parts)
+        blocks.append(lax.map(column, jnp.arange(sizes[k]), batch_size=min(sizes[k], 64)))
+    a = jnp.concatenate(blocks, axis=0)
+    return gauss_newton(net, params, x, y, loss=loss_) + a + a.T
+
+
 def hessian(net: Net, params: Params, x: ArrayLike, y: ArrayLike, *,
             loss: _losses.LossLike) -> Array:
-    """The exact Hessian (P, P) in ravel_pytree order: ``hvp`` along each unit vector
-    (H is symmetric, so its rows are its columns). Arguments as ``hessian_diagonal``."""
+    """The exact Hessian (P, P) in ravel_pytree order. Arguments as ``hessian_diagonal``.
+
+    A stack of piecewise-linear layers (Linear, Conv2d, relu and leaky_relu, the pools,
+    Flatten, GlobalAvgPool, MeanOverTime, Residual of these) has no T_xx and no T_θθ, so
+    H = G + A + Aᵀ: the Gauss-Newton Gram and the mixed terms, A from one tangent pass
+    per parameter, from its layer up (module doc). Any other stack: ``hvp`` along each
+    unit vector (H is symmetric, so its rows are its columns)."""
     check(net, params, x)
+    if all(layer.piecewise_linear for layer in net):
+        return _piecewise_linear_hessian(net, params, x, y, loss)
     size = sum(int(np.size(a)) for a in leaves(params))
     dtype = jnp.result_type(x)
 

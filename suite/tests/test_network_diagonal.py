@@ -119,3 +119,45 @@ def test_loss_hessian_columns_are_its_hessian(loss, y):
     z = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3)))
     c, w = loss.hessian_columns(z, jnp.asarray(y))
     assert np.abs(_gram(c, w) - loss.hessian(z, jnp.asarray(y))).max() <= 1e-14
+
+
+# --- the Hessian of a piecewise-linear stack: G + A + Aᵀ --------------------------------
+
+RELU_RESNET = ((nw.Conv2d(padding=1), nw.Act("relu"),
+                nw.Residual(nw.Conv2d(padding=1), nw.Act("relu"), nw.Conv2d(padding=1)),
+                nw.Act("relu"), nw.MaxPool2d(2), nw.Flatten(), nw.Linear()),
+               (3, 2, 4, 4), ((3, 3), None, ((3, 3), None, (3, 3)), None, None, None, 3))
+
+
+class _NoMixedConv(nw.Conv2d):
+    """The mixed term T_θx ẋ dropped: the Hessian is the Gauss-Newton matrix only."""
+
+    def mixed(self, p, x, dy, xdot):
+        return jnp.zeros_like(p[0]), jnp.zeros_like(p[1])
+
+
+@functools.cache
+def _relu_resnet():
+    net, shape, sizes = RELU_RESNET
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    params = nw.init(net, keys[0], shape, sizes, dtype=jnp.float64)
+    x = jax.random.normal(keys[1], shape, jnp.float64)
+    y = jax.random.randint(keys[2], (shape[0],), 0, 3)
+    flat, unravel = ravel_pytree(params)
+    ref = jax.jit(jax.hessian(lambda f: plain_loss(net, unravel(f), x, y,
+                                                   "softmax_cross_entropy")))(flat)
+    return params, x, y, ref
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_piecewise_linear_hessian_matches_autodiff(planted):
+    net = RELU_RESNET[0]
+    assert all(layer.piecewise_linear for layer in net)
+    if planted:
+        bug = _NoMixedConv.__new__(_NoMixedConv)
+        bug.__dict__.update(net[0].__dict__)
+        net = (net[0], net[1], nw.Residual(bug, *net[2].layers[1:])) + net[3:]
+    params, x, y, ref = _relu_resnet()
+    mine = jax.jit(lambda p: nw.hessian(net, p, x, y, loss="softmax_cross_entropy"))(params)
+    error = float(jnp.linalg.norm(mine - ref) / jnp.linalg.norm(ref))
+    assert error > 1e-3 if planted else error <= TOL
