@@ -78,9 +78,23 @@ costs M = 10 backward passes plus the per-column weight gradients, 2 N M P flops
 
 ``hvp`` is Pearlmutter's R-op, hand-derived per layer (``tangent`` and
 ``backward_tangent``): one forward tangent pass and one differentiated backward,
-about the cost of autodiff's forward-over-reverse product. ``hessian`` is the hvp along
-the P unit vectors (lax.map; every entry exact, including the mixed terms),
-``gauss_newton`` the Gram of the Gauss-Newton columns' gradients.
+about the cost of autodiff's forward-over-reverse product. ``gauss_newton`` is the Gram
+G = Σ w g gᵀ of the Gauss-Newton columns' whole-network gradients.
+
+``hessian``. With δ_top held fixed, H - G = Σₙ Σ_k δ_k ∇²_θ z_k. A stack of
+piecewise-linear layers (Linear, Conv2d, relu and leaky_relu, the pools, Flatten,
+GlobalAvgPool, MeanOverTime, Residual of these) has T_xx = T_θθ = 0 almost everywhere:
+z is multilinear in the layers' parameters (each path meets a layer once), so only the
+mixed terms remain. The layer's gradient δ_lᵀ ∂y_l/∂θ_l depends on θ_m below it only
+through its input x_l (δ_l depends on the layers above), so along the unit tangent of
+one entry θ_j of layer m, ∂²E/∂θ_l∂θ_j = T_θx ẋ_l, the weight gradient with ẋ_l (the
+forward tangent of x_l) in place of x_l. Hence
+
+    H = G + A + Aᵀ,   A[j, i] = (T_θx ẋ_l(e_j))_i  for θ_i in a layer l after m,
+
+one tangent pass per parameter, from its own layer up (zero below it, never computed),
+and no backward pass. Any other stack: the hvp along the P unit vectors (lax.map; every
+entry exact).
 
 Ravel order is jax.flatten_util.ravel_pytree's: layers in order, depth first into
 Residual, each layer's leaves in order (dict keys sorted: w_k, w_o, w_q, w_v).
