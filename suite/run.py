@@ -41,6 +41,10 @@ __all__ = ["PLATFORMS", "resolve_device", "build_inputs", "run_case", "time_case
            "run_all", "environment", "git_commit"]
 
 PLATFORMS = ("cpu", "gpu", "tpu")
+# A row's timing rounds stop after about this many seconds: a ratio of two programs that
+# take seconds is steady from two rounds, and one whose reference takes a minute (the
+# ResNet's jax.hessian) is timed once after the warm-up rather than seven times.
+ROW_TIMING_CAP_S = 5.0
 
 
 def resolve_device(name: str | None = None) -> jax.Device:
@@ -234,7 +238,7 @@ def _time(row: Row, manual: Callable, reference: Callable, inputs: dict, mesh_in
     """The row's run-time medians, manual and reference in interleaved rounds."""
     try:
         (m, r), _ = time_interleaved([lambda: manual(mesh_inputs), lambda: reference(inputs)],
-                                     budget_s=budget_s)
+                                     budget_s=budget_s, max_s=ROW_TIMING_CAP_S)
         row.run_manual_s, row.run_reference_s, row.ratio = m, r, m / r
     except Exception as err:  # a broken case is a row, never a crashed report
         _error(row, err)

@@ -12,6 +12,10 @@ Example::
     >>> (t_f, t_g), samples = time_interleaved([f, g], x, repeats=5)
     >>> len(samples[0]), t_f > 0
     (5, True)
+    >>> slow = lambda a: (time.sleep(0.05), a)[1]  # one call longer than max_s
+    >>> (t_slow,), samples = time_interleaved([slow], x, max_s=0.01)
+    >>> len(samples[0]), t_slow >= 0.05
+    (1, True)
 """
 
 import statistics
@@ -37,26 +41,36 @@ def compile_timed(fn: Callable, *args: Any) -> tuple[Callable, float]:
 
 
 def time_interleaved(fns: Sequence[Callable], *args: Any, repeats: int | None = None,
-                     budget_s: float = 0.5, min_repeats: int = 5,
-                     max_repeats: int = 200) -> tuple[list[float], list[list[float]]]:
+                     budget_s: float = 0.5, min_repeats: int = 5, max_repeats: int = 200,
+                     max_s: float | None = None) -> tuple[list[float], list[list[float]]]:
     """Median wall time of each compiled function, measured in interleaved rounds.
 
     Round r runs every function once, in an order rotated by r, so that slow drifts of
     the machine (another process, frequency scaling) fall on all of them alike. Each
-    call is timed to ``block_until_ready``. With ``repeats=None`` the number of rounds
-    fills about ``budget_s`` seconds, within [min_repeats, max_repeats].
+    call is timed to ``block_until_ready``. A first round warms up (first calls may
+    allocate or transfer) and, with ``repeats=None``, sizes the rest: as many rounds as
+    fill about ``budget_s`` seconds, within [min_repeats, max_repeats].
+
+    ``max_s`` caps the rounds' total for slow programs (the report's rows): at most
+    ``max_s / round`` rounds, at least one; and a warm-up round already longer than
+    ``max_s`` is its own sample, since first-call effects (milliseconds) are lost in a
+    call that long. A row whose autodiff side takes a minute costs one minute, not seven.
 
     Returns:
       (medians, samples): a list of median seconds, and the per-function samples.
     """
-    for fn in fns:  # warm-up: first calls may allocate or transfer
-        block(fn(*args))
-    if repeats is None:
+    warm = []
+    for fn in fns:
         start = time.perf_counter()
-        for fn in fns:
-            block(fn(*args))
-        per_round = max(time.perf_counter() - start, 1e-6)
+        block(fn(*args))
+        warm.append(time.perf_counter() - start)
+    per_round = max(sum(warm), 1e-6)
+    if max_s is not None and per_round > max_s:
+        return list(warm), [[t] for t in warm]
+    if repeats is None:
         repeats = int(min(max_repeats, max(min_repeats, budget_s / per_round)))
+    if max_s is not None:
+        repeats = max(1, min(repeats, int(max_s / per_round)))
     samples: list[list[float]] = [[] for _ in fns]
     for r in range(repeats):
         for i in range(len(fns)):
