@@ -293,14 +293,10 @@ def _time_judged(case: Case, row: Row, device: jax.Device, budget_s: float,
 def _freeze(programs: tuple, path: str) -> str | None:
     """The compiled (manual, reference) pair written to ``path`` for the timing phase, or
     None where XLA or pickle cannot store one (the parent then compiles it again). Only
-    the flat output count is kept: timing waits on the outputs and never reads them.
-    A program with a custom call (LAPACK's eigh in the spectrum cases) is not frozen:
-    loaded back, jaxlib 0.10's XLA:CPU crashed the process when it ran one."""
+    the flat output count is kept: timing waits on the outputs and never reads them."""
     try:
         frozen = []
         for compiled in programs:
-            if "custom-call" in compiled.as_text():  # LAPACK and friends: see below
-                return None
             payload, in_tree, out_tree = serialize(compiled)
             frozen.append((payload, in_tree, out_tree.num_leaves))
         with open(path, "wb") as file:
