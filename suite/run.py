@@ -158,7 +158,7 @@ def run_case(case: Case, dtype: str, *, device: jax.Device | None = None, timing
     device = device or jax.devices()[0]
     row, sides = _judge(case, dtype, device, apart=timing, fd=fd, truth=truth)
     if timing and sides is not None:
-        _time(row, *sides[:4], budget_s=budget_s)
+        _time(row, *sides, budget_s=budget_s)
     return row
 
 
@@ -184,8 +184,7 @@ def _inputs(case: Case, dtype: str, device: jax.Device) -> tuple[dict, dict]:
 def _judge(case: Case, dtype: str, device: jax.Device, *, apart: bool, fd: bool,
            truth: bool) -> tuple[Row, tuple | None]:
     """The row judged — errors, witness, truth — and (manual, reference, inputs,
-    manual inputs, fresh) for timing, or None when the row is an ERROR; ``fresh``: both
-    programs compiled here, neither loaded from the persistent cache.
+    manual inputs) for timing, or None when the row is an ERROR.
 
     ``apart``: compile the two sides as two programs, timing each compile (after
     ``jax.clear_caches``, so nothing is reused from an earlier row); otherwise one program
@@ -198,13 +197,10 @@ def _judge(case: Case, dtype: str, device: jax.Device, *, apart: bool, fd: bool,
             raise RuntimeError("float64 needs jax_enable_x64 (suite.configure())")
         inputs, mesh_inputs = _inputs(case, dtype, device)
         manual = reference = None
-        fresh = False
         if apart:  # honest compile times: nothing cached from an earlier row
             jax.clear_caches()
-            hits = compile_cache_counts()[0]
             manual, row.compile_manual_s = compile_timed(case.manual, mesh_inputs)
             reference, row.compile_reference_s = compile_timed(case.reference, inputs)
-            fresh = compile_cache_counts()[0] == hits
             manual_out, reference_out = block(manual(mesh_inputs)), block(reference(inputs))
         elif case.devices > 1:
             manual_out = block(jax.jit(case.manual)(mesh_inputs))
@@ -232,7 +228,7 @@ def _judge(case: Case, dtype: str, device: jax.Device, *, apart: bool, fd: bool,
     except Exception as err:  # a broken case is a row, never a crashed report
         _error(row, err)
         return row, None
-    return row, (manual, reference, inputs, mesh_inputs, fresh)
+    return row, (manual, reference, inputs, mesh_inputs)
 
 
 def _error(row: Row, err: BaseException) -> None:
@@ -264,30 +260,24 @@ def _time_judged(case: Case, row: Row, device: jax.Device, budget_s: float,
                  frozen: str | None) -> tuple[Row, bool]:
     """``time_case``, with the programs a worker compiled and froze at ``frozen`` (a file)
     when it could: the very executables it judged, loaded without tracing again; and
-    whether they were. Loaded programs that fail to run are compiled here again."""
+    whether they were."""
     if row.status is Status.ERROR:
         return row, False
-    judged = (row.status, row.message, row.traceback)
     try:
         inputs, mesh_inputs = _inputs(case, row.dtype, device)
-    except Exception as err:
-        _error(row, err)
-        return row, False
-    programs = _thaw(frozen, device)
-    if programs is not None:
-        _time(row, *programs, inputs, mesh_inputs, budget_s=budget_s)
-        if row.status is not Status.ERROR:
-            return row, True
-        row.status, row.message, row.traceback = judged
-    try:
-        jax.clear_caches()
-        programs = (jax.jit(case.manual).lower(mesh_inputs).compile(),
-                    jax.jit(case.reference).lower(inputs).compile())
+        programs = _thaw(frozen)
+        if programs is None:
+            jax.clear_caches()
+            programs = (jax.jit(case.manual).lower(mesh_inputs).compile(),
+                        jax.jit(case.reference).lower(inputs).compile())
+            loaded = False
+        else:
+            loaded = True
     except Exception as err:
         _error(row, err)
         return row, False
     _time(row, *programs, inputs, mesh_inputs, budget_s=budget_s)
-    return row, False
+    return row, loaded
 
 
 def _freeze(programs: tuple, path: str) -> str | None:
@@ -306,17 +296,15 @@ def _freeze(programs: tuple, path: str) -> str | None:
     return path
 
 
-def _thaw(path: str | None, device: jax.Device) -> tuple | None:
-    """The single-device programs ``_freeze`` wrote (this run's own files), loaded onto
-    ``device`` (by default they would claim every device of the process); None if none."""
+def _thaw(path: str | None) -> tuple | None:
+    """The programs ``_freeze`` wrote (this session's own files), loaded; None if none."""
     if path is None:
         return None
     try:
         with open(path, "rb") as file:
             frozen = pickle.load(file)  # noqa: S301 - written by this run's own workers
         return tuple(deserialize_and_load(payload, in_tree,
-                                          jax.tree_util.tree_structure([0] * leaves),
-                                          execution_devices=[device])
+                                          jax.tree_util.tree_structure([0] * leaves))
                      for payload, in_tree, leaves in frozen)
     except Exception:  # noqa: BLE001 - a program that will not load is compiled again
         return None
@@ -476,11 +464,7 @@ def _worker_judge(name: str, dtype: str, platform: str, apart: bool, fd: bool,
     device = resolve_device(platform)
     with jax.default_device(device):
         row, sides = _judge(registry.get(name), dtype, device, apart=apart, fd=fd, truth=truth)
-    # Frozen only when compiled afresh and on one device: an executable that itself came
-    # from the persistent cache serializes without its kernels (XLA:CPU, jaxlib 0.10:
-    # "Function ... not found" once loaded), and a mesh case's would not place its inputs.
-    frozen = (_freeze(sides[:2], path) if path is not None and sides is not None
-              and sides[4] and registry.get(name).devices == 1 else None)
+    frozen = _freeze(sides[:2], path) if path is not None and sides is not None else None
     return row, frozen, os.getpid(), compile_cache_counts()
 
 

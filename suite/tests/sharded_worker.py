@@ -36,7 +36,7 @@ from suite.cases.common import mlp_inputs, normal, split
 from suite.cases.rnn import builder as rnn_builder
 from suite.cases.rnn import reference_forward
 from suite.config import configure
-from suite.run import run_all, run_case
+from suite.run import run_case
 from suite.tests.planting import nudge_one_element, plant
 
 DEVICES = 4
@@ -403,18 +403,6 @@ def registry_rows(device=None):
         passed=bad.status == "PASS", status=str(bad.status))}
 
 
-def timed_by_workers(device=None):
-    """A one-device and a mesh case through ``run_all(workers=2)`` on this four-device
-    process, as the report runs them: the one-device row is timed on the executable its
-    worker compiled (loaded onto one device), the mesh row compiled again here."""
-    names = ("linear/nonsquare", REGISTRY_CASES[0])
-    results = run_all([get_case(n) for n in names], ("float64",), device=device,
-                      workers=2, budget_s=0.01)
-    return dict(workers=results.environment["workers"],
-                rows={r.case: dict(status=str(r.status), ratio=r.ratio, message=r.message)
-                      for r in results.rows})
-
-
 def bad_inputs(platform=None):
     """The ValueError message of each bad call ("" if none was raised)."""
     data4 = make_mesh({"data": 4}, AxisType.Explicit, platform)
@@ -475,8 +463,7 @@ def main(argv=None):
         with jax.default_device(devices[0]):
             registry_row, registry_planted = registry_rows(devices[0])
             result.update(planted={**planted(args.platform), **registry_planted},
-                          bad_inputs=bad_inputs(args.platform), registry=registry_row,
-                          timed=timed_by_workers(devices[0]))
+                          bad_inputs=bad_inputs(args.platform), registry=registry_row)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     return 0

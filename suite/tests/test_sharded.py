@@ -124,15 +124,6 @@ def test_registry_case_passes_through_run_case(measured, name):
 
 # --- in this process (one CPU device): the registry and the CLI without the devices ---------
 
-def test_report_workers_time_rows_on_four_devices(measured):
-    """On the report's four host devices a loaded one-device program runs on one device,
-    and a mesh case is compiled again in the parent: both rows timed, none an ERROR."""
-    timed = measured["timed"]
-    assert "(1 of 2 rows timed on the very executables" in timed["workers"], timed
-    for name, row in timed["rows"].items():
-        assert row["status"] == "PASS" and row["ratio"] is not None, (name, row)
-
-
 def test_sharded_cases_need_four_devices_and_cover_every_function_and_mesh():
     cases = registry.cases(family="sharded", tiers=None)
     assert cases and all(c.devices == worker.DEVICES for c in cases)
