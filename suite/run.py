@@ -14,10 +14,8 @@ import concurrent.futures
 import datetime
 import multiprocessing
 import os
-import pickle
 import platform
 import subprocess
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-from jax.experimental.serialize_executable import deserialize_and_load, serialize
 from jax.flatten_util import ravel_pytree
 
 from reference import finite_diff
@@ -253,61 +250,19 @@ def time_case(case: Case, row: Row, *, device: jax.Device | None = None,
     load when the persistent compilation cache holds them — and measure their run-time
     medians as ``run_case`` does. The row's errors and compile times are kept; an ERROR
     row is returned as it is."""
-    return _time_judged(case, row, device or jax.devices()[0], budget_s, frozen=None)[0]
-
-
-def _time_judged(case: Case, row: Row, device: jax.Device, budget_s: float,
-                 frozen: str | None) -> tuple[Row, bool]:
-    """``time_case``, with the programs a worker compiled and froze at ``frozen`` (a file)
-    when it could: the very executables it judged, loaded without tracing again; and
-    whether they were."""
     if row.status is Status.ERROR:
-        return row, False
+        return row
+    device = device or jax.devices()[0]
     try:
         inputs, mesh_inputs = _inputs(case, row.dtype, device)
-        programs = _thaw(frozen)
-        if programs is None:
-            jax.clear_caches()
-            programs = (jax.jit(case.manual).lower(mesh_inputs).compile(),
-                        jax.jit(case.reference).lower(inputs).compile())
-            loaded = False
-        else:
-            loaded = True
+        jax.clear_caches()
+        manual = jax.jit(case.manual).lower(mesh_inputs).compile()
+        reference = jax.jit(case.reference).lower(inputs).compile()
     except Exception as err:
         _error(row, err)
-        return row, False
-    _time(row, *programs, inputs, mesh_inputs, budget_s=budget_s)
-    return row, loaded
-
-
-def _freeze(programs: tuple, path: str) -> str | None:
-    """The compiled (manual, reference) pair written to ``path`` for the timing phase, or
-    None where XLA or pickle cannot store one (the parent then compiles it again). Only
-    the flat output count is kept: timing waits on the outputs and never reads them."""
-    try:
-        frozen = []
-        for compiled in programs:
-            payload, in_tree, out_tree = serialize(compiled)
-            frozen.append((payload, in_tree, out_tree.num_leaves))
-        with open(path, "wb") as file:
-            pickle.dump(frozen, file)
-    except Exception:  # noqa: BLE001 - any failure only costs a compile in the parent
-        return None
-    return path
-
-
-def _thaw(path: str | None) -> tuple | None:
-    """The programs ``_freeze`` wrote (this session's own files), loaded; None if none."""
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as file:
-            frozen = pickle.load(file)  # noqa: S301 - written by this run's own workers
-        return tuple(deserialize_and_load(payload, in_tree,
-                                          jax.tree_util.tree_structure([0] * leaves))
-                     for payload, in_tree, leaves in frozen)
-    except Exception:  # noqa: BLE001 - a program that will not load is compiled again
-        return None
+        return row
+    _time(row, manual, reference, inputs, mesh_inputs, budget_s=budget_s)
+    return row
 
 
 def run_study(study: Study, *, quick: bool = False,
@@ -344,23 +299,20 @@ def run_all(selected: Iterable[Case], dtypes: Sequence[str], *,
     (with this process's JAX settings, ``suite.config.process_settings``) take the
     (case, dtype) pairs one at a time, as pytest-xdist shares tests, and each builds,
     compiles (timing the compiles), compares and runs the witnesses exactly as
-    ``run_case`` does, and freezes its two compiled programs to a temporary file
-    (``jax.experimental.serialize_executable``). Phase 2, timing, after every worker has
-    exited: this process loads each row's two programs — the very executables judged,
-    without tracing them again; a pair that could not be frozen is compiled here again,
-    a load from the persistent compilation cache when it is on — and measures the run
-    times in interleaved rounds, with no worker running; ``on_timed`` is called with
-    each row timed. The studies run last, here, alone. The rows are those of a serial
-    run, in the same order, times aside. A case that is not the registry's own (a planted
-    or user-made one, which a worker could not look up by name) is judged here, after the
-    workers.
+    ``run_case`` does. Phase 2, timing, after every worker has exited: this process
+    compiles each row's two sides again (a load from the persistent compilation cache,
+    when it is on) and measures the run times in interleaved rounds, with no worker
+    running; ``on_timed`` is called with each row timed. The studies run last, here,
+    alone. The rows are those of a serial run, in the same order, times aside. A case
+    that is not the registry's own (a planted or user-made one, which a worker could not
+    look up by name) is judged here, after the workers.
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     device = device or jax.devices()[0]
     pairs = [(case, dtype) for case in selected for dtype in dtypes if dtype in case.dtypes]
     results: list[StudyResult] = []
-    worker_counts, loaded = (0, 0), 0
+    worker_counts = (0, 0)
     with jax.default_device(device):
         if workers == 1:
             rows = []
@@ -369,7 +321,7 @@ def run_all(selected: Iterable[Case], dtypes: Sequence[str], *,
                 if progress:
                     progress(rows[-1])
         else:
-            rows, worker_counts, loaded = _run_two_phases(pairs, device, workers, timing=timing,
+            rows, worker_counts = _run_two_phases(pairs, device, workers, timing=timing,
                                                   progress=progress, on_timed=on_timed, **kwargs)
         for study in studies:
             result = run_study(study, quick=quick, device=device)
@@ -386,59 +338,50 @@ def run_all(selected: Iterable[Case], dtypes: Sequence[str], *,
                             else "off")
     env["workers"] = ("1: every row judged and timed in this process" if workers == 1 else
                       f"{workers}: rows judged (and compiles timed) in {workers} worker "
-                      f"processes{', run times measured after them, alone' if timing else ''}"
-                      + (f" ({loaded} of {len(pairs)} rows timed on the very executables "
-                         "the workers compiled)" if timing else ""))
+                      f"processes{', run times measured after them, alone' if timing else ''}")
     return Results(rows=rows, studies=results, environment=env)
 
 
 def _run_two_phases(pairs: list[tuple[Case, str]], device: jax.Device, workers: int, *,
                     timing: bool, progress: Callable | None, on_timed: Callable | None,
                     fd: bool = True, truth: bool | None = None,
-                    budget_s: float = 0.5) -> tuple[list[Row], tuple[int, int], int]:
-    """Rows judged by ``workers`` processes, then timed here; the workers' (hits,
-    requests) of the persistent compilation cache; and how many rows were timed on the
-    programs the workers froze (the rest compiled here again)."""
+                    budget_s: float = 0.5) -> tuple[list[Row], tuple[int, int]]:
+    """Rows judged by ``workers`` processes, then timed here; and the workers' (hits,
+    requests) of the persistent compilation cache."""
     truth = timing if truth is None else truth
     rows: list[Row | None] = [None] * len(pairs)
     shared = [i for i, (case, _) in enumerate(pairs) if _registered(case)]
     here = sorted(set(range(len(pairs))) - set(shared))
     counts: dict[int, tuple[int, int]] = {}  # per worker process: its latest totals
-    folder = tempfile.TemporaryDirectory(prefix="backprop-suite-programs-")
-    frozen: dict[int, str | None] = {}  # row index -> the file of its compiled programs
-    with folder:
-        if shared:
-            devices = len(jax.devices("cpu")) if device.platform == "cpu" else 0
-            context = multiprocessing.get_context("spawn")  # a fresh JAX per worker, no fork
-            with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(workers, len(shared)), mp_context=context,
-                    initializer=_worker_start, initargs=(process_settings(), devices)) as pool:
-                jobs = [pool.submit(_worker_judge, pairs[i][0].name, pairs[i][1],
-                                    device.platform, timing, fd, truth,
-                                    os.path.join(folder.name, f"{i}.pkl") if timing else None)
-                        for i in shared]
-                for i, job in zip(shared, jobs, strict=True):
-                    try:
-                        rows[i], frozen[i], pid, counts[pid] = job.result()
-                    except Exception as err:  # a worker that died (an XLA abort): an ERROR row
-                        rows[i] = _new_row(pairs[i][0], pairs[i][1], device)
-                        _error(rows[i], err)
-                        rows[i].message = f"in a worker process: {rows[i].message}"
-                    if progress:
-                        progress(rows[i])
-        for i in here:
-            case, dtype = pairs[i]
-            rows[i] = _judge(case, dtype, device, apart=timing, fd=fd, truth=truth)[0]
-            if progress:
-                progress(rows[i])
-        loaded = 0
-        if timing:
-            for i, ((case, _), row) in enumerate(zip(pairs, rows, strict=True)):
-                loaded += _time_judged(case, row, device, budget_s, frozen.get(i))[1]
-                if on_timed:
-                    on_timed(row)
+    if shared:
+        devices = len(jax.devices("cpu")) if device.platform == "cpu" else 0
+        context = multiprocessing.get_context("spawn")  # a fresh JAX per worker, never a fork
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(workers, len(shared)), mp_context=context,
+                initializer=_worker_start, initargs=(process_settings(), devices)) as pool:
+            jobs = [pool.submit(_worker_judge, pairs[i][0].name, pairs[i][1], device.platform,
+                                timing, fd, truth) for i in shared]
+            for i, job in zip(shared, jobs, strict=True):
+                try:
+                    rows[i], pid, counts[pid] = job.result()
+                except Exception as err:  # a worker that died (an XLA abort): an ERROR row
+                    rows[i] = _new_row(pairs[i][0], pairs[i][1], device)
+                    _error(rows[i], err)
+                    rows[i].message = f"in a worker process: {rows[i].message}"
+                if progress:
+                    progress(rows[i])
+    for i in here:
+        case, dtype = pairs[i]
+        rows[i] = _judge(case, dtype, device, apart=timing, fd=fd, truth=truth)[0]
+        if progress:
+            progress(rows[i])
+    if timing:
+        for (case, _), row in zip(pairs, rows, strict=True):
+            time_case(case, row, device=device, budget_s=budget_s)
+            if on_timed:
+                on_timed(row)
     hits, requests = (sum(c[k] for c in counts.values()) for k in (0, 1))
-    return rows, (hits, requests), loaded
+    return rows, (hits, requests)
 
 
 def _registered(case: Case) -> bool:
@@ -457,15 +400,13 @@ def _worker_start(settings: dict[str, Any], cpu_devices: int) -> None:
 
 
 def _worker_judge(name: str, dtype: str, platform: str, apart: bool, fd: bool,
-                  truth: bool, path: str | None) -> tuple[Row, str | None, int, tuple[int, int]]:
-    """One (case, dtype) judged in a worker process, as ``run_case`` judges it; the file
-    its two compiled programs were frozen to (``path``, for the timing phase; None when
-    not asked or not possible); the worker's id and its compile-cache totals so far."""
+                  truth: bool) -> tuple[Row, int, tuple[int, int]]:
+    """One (case, dtype) judged in a worker process, as ``run_case`` judges it; with the
+    worker's id and its compile-cache totals so far."""
     device = resolve_device(platform)
     with jax.default_device(device):
-        row, sides = _judge(registry.get(name), dtype, device, apart=apart, fd=fd, truth=truth)
-    frozen = _freeze(sides[:2], path) if path is not None and sides is not None else None
-    return row, frozen, os.getpid(), compile_cache_counts()
+        row = _judge(registry.get(name), dtype, device, apart=apart, fd=fd, truth=truth)[0]
+    return row, os.getpid(), compile_cache_counts()
 
 
 def git_commit() -> str:
